@@ -1,0 +1,1 @@
+"""Per-node collection: sources, exporter, recorder and the fleet simulator."""

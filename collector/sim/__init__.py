@@ -1,0 +1,1 @@
+"""Fleet simulator: vectorised device physics, faults and an NVML device model."""

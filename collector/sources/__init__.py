@@ -1,0 +1,1 @@
+"""Collector sources, one module per thing read."""

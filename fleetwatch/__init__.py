@@ -1,0 +1,1 @@
+"""fleetwatch: CLI, configuration and service wiring."""
