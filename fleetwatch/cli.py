@@ -1,0 +1,179 @@
+"""The `fleetwatch` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from fleetwatch.config import ConfigError, load_config
+
+EXIT_USAGE = 2
+
+
+def _common_run_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML config file")
+    p.add_argument("--simulate", metavar="NODESxGPUS", help="run the simulated fleet, e.g. 4x8")
+    p.add_argument("--seed", type=int, help="simulator seed")
+    p.add_argument("--speed", type=float, help="simulated time runs this many times faster than real time")
+    p.add_argument("--fault-rate", type=float, dest="fault_rate", help="multiply the calibrated fault rate")
+    p.add_argument("--inject", action="append", metavar="KIND@NODE/GPU+DELAY",
+                   help="inject a fault into the simulator, e.g. gpu-lost@node-0/3+10s (repeatable)")
+    p.add_argument("--names", choices=("native", "dcgm", "both"), help="metric names to export")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (its spellings are a contract: docs and tests rely on them)."""
+    ap = argparse.ArgumentParser(prog="fleetwatch", description="GPU fleet observability and prediction")
+    ap.add_argument("--log-level", default=None, choices=("debug", "info", "warning", "error"))
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the agent, exporter and recorder")
+    _common_run_flags(run)
+    run.add_argument("--listen", metavar="HOST:PORT", help="exporter address (default 0.0.0.0:9400)")
+    run.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="where traces are recorded")
+    run.add_argument("--web-config-file", dest="web_config_file", metavar="FILE",
+                     help="TLS and basic auth, in the exporter-toolkit web-config format")
+    run.add_argument("--no-record", action="store_true", help="do not record traces")
+
+    col = sub.add_parser("collect", help="collect once and print the readings")
+    _common_run_flags(col)
+    col.add_argument("--once", action="store_true", required=True, help="one collection (required)")
+    col.add_argument("--format", choices=("table", "json"), default="table")
+
+    sim = sub.add_parser("simulate", help="generate a simulated fleet trace offline")
+    sim.add_argument("--nodes", type=int, default=4)
+    sim.add_argument("--gpus", type=int, default=8)
+    sim.add_argument("--days", type=float, default=1.0)
+    sim.add_argument("--seed", type=int, default=0)
+    sim.add_argument("--interval", type=float, default=300.0, metavar="SECONDS")
+    sim.add_argument("--fault-rate", type=float, default=1.0, dest="fault_rate")
+    sim.add_argument("--inject", action="append", default=[], metavar="KIND@NODE/GPU+DELAY")
+    sim.add_argument("-o", "--output", metavar="TRACE_DIR")
+    sim.add_argument("--list-faults", action="store_true", help="list the fault kinds and exit")
+    return ap
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    keys = ("simulate", "seed", "speed", "fault_rate", "inject", "names", "listen", "data_dir",
+            "web_config_file", "log_level")
+    out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    if getattr(args, "no_record", False):
+        out["record"] = {"enabled": False}
+    return out
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """fleetwatch run."""
+    from fleetwatch.service import build_service, run_service
+
+    cfg = load_config(args.config, _overrides(args))
+    logging.getLogger().setLevel(cfg.log_level.upper())
+    svc = build_service(cfg)
+    asyncio.run(run_service(svc))
+    return 0
+
+
+async def _collect_once(args: argparse.Namespace) -> list[dict[str, Any]]:
+    from collector.catalogue import BY_NAME
+    from fleetwatch.service import build_service
+
+    over = _overrides(args)
+    over["record"] = {"enabled": False}
+    svc = build_service(load_config(args.config, over))
+    rows: list[dict[str, Any]] = []
+    for st in svc.agent.states.values():
+        await st.source.start()
+    try:
+        for name, st in svc.agent.states.items():
+            batch = await svc.agent.collect_once(st)
+            if batch is None:
+                rows.append({"source": name, "error": st.last_error})
+                continue
+            for metric, ent, value, extra in batch.rows():
+                spec = BY_NAME[metric]
+                rows.append({"source": name, "node": ent.node, "entity": ent.id, "metric": metric,
+                             "labels": dict(zip(spec.labels, extra, strict=True)), "value": value,
+                             "unit": spec.unit})
+    finally:
+        await svc.agent.stop()
+    return rows
+
+
+def cmd_collect(args: argparse.Namespace) -> int:
+    """fleetwatch collect --once."""
+    rows = asyncio.run(_collect_once(args))
+    if args.format == "json":
+        json.dump(rows, sys.stdout, indent=1)
+        sys.stdout.write("\n")
+        return 0
+    w = sys.stdout.write
+    w(f"{'SOURCE':<18} {'NODE':<10} {'ENTITY':<44} {'METRIC':<52} {'VALUE':>16} UNIT\n")
+    for r in rows:
+        if "error" in r:
+            w(f"{r['source']:<18} DOWN: {r['error']}\n")
+            continue
+        metric = r["metric"] + ("{" + ",".join(f"{k}={v}" for k, v in r["labels"].items()) + "}"
+                                if r["labels"] else "")
+        w(f"{r['source']:<18} {r['node']:<10} {r['entity']:<44} {metric:<52} {r['value']:>16.6g} {r['unit']}\n")
+    return 0
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    """fleetwatch simulate."""
+    from collector.sim.faults import FAULT_KINDS, parse_inject
+
+    if args.list_faults:
+        for kind, desc in FAULT_KINDS.items():
+            print(f"{kind:<18} {desc}")
+        return 0
+    if not args.output:
+        print("fleetwatch simulate: -o TRACE_DIR is required", file=sys.stderr)
+        return EXIT_USAGE
+    for name in ("nodes", "gpus"):
+        if getattr(args, name) < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if args.days <= 0 or args.interval <= 0 or args.fault_rate < 0:
+        raise ConfigError("--days and --interval must be > 0 and --fault-rate >= 0")
+    try:
+        injects = [parse_inject(s) for s in args.inject]
+    except ValueError as err:
+        raise ConfigError(f"--inject: {err}") from err
+    from collector.sim.offline import generate_trace
+
+    def progress(done: float, total: float) -> None:
+        if sys.stderr.isatty():
+            sys.stderr.write(f"\rsimulating: {100 * done / max(total, 1):5.1f}%")
+            sys.stderr.flush()
+
+    summary = generate_trace(args.output, nodes=args.nodes, gpus_per_node=args.gpus, days=args.days,
+                             seed=args.seed, interval_s=args.interval, fault_rate=args.fault_rate,
+                             injects=injects, progress=progress)
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(summary)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "collect": cmd_collect, "simulate": cmd_simulate}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `fleetwatch` console script."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=(args.log_level or "info").upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as err:
+        print(f"fleetwatch: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

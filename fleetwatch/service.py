@@ -1,0 +1,199 @@
+"""Service wiring: builds sources, agent, exporter and recorder from a Config and runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib
+import logging
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from collector.agent import Agent
+from collector.clock import Clock, ScaledClock, WallClock
+from collector.exporter import Exporter
+from collector.source import REGISTRY, Source, SourceContext
+from collector.webconfig import load_web_config
+from fleetwatch.config import Config, ConfigError, parse_hostport, parse_simulate
+
+log = logging.getLogger("fleetwatch")
+
+# Sources that read the host itself; registered on import of their modules.
+HOST_SOURCES = ("netdev", "infiniband", "rapl", "redfish")
+
+
+def _import_sources() -> None:
+    # Importing a source module registers it (node_exporter's init() pattern).
+    for mod in ("nvml", "kernel_log", "netdev", "infiniband", "rapl", "redfish"):
+        importlib.import_module(f"collector.sources.{mod}")
+
+
+def gpu_present() -> tuple[bool, str]:
+    """Whether real NVML is usable here, and why not."""
+    try:
+        import pynvml
+    except ImportError as err:
+        return False, f"pynvml not importable: {err}"
+    try:
+        pynvml.nvmlInit()
+    except pynvml.NVMLError as err:
+        return False, f"NVML unavailable: {err}"
+    try:
+        n = pynvml.nvmlDeviceGetCount()
+    finally:
+        pynvml.nvmlShutdown()
+    return (n > 0), f"{n} GPU(s) found"
+
+
+@dataclass
+class Service:
+    """Everything `fleetwatch run` starts, in one typed container."""
+
+    config: Config
+    clock: Clock
+    agent: Agent
+    exporter: Exporter
+    recorder: Any = None
+    simulator: Any = None
+    mode: str = "nvml"
+    notes: list[str] = field(default_factory=list)
+
+
+def _host_source(name: str, cfg: Config, ctx: SourceContext, simulating: bool) -> Source | None:
+    reg = REGISTRY.get(name)
+    if reg is None:
+        return None
+    sc = cfg.source(name)
+    enabled = sc.enabled if sc.enabled is not None else (reg.default_enabled and not simulating)
+    if not enabled:
+        return None
+    try:
+        src = reg.factory(ctx, sc.options())
+    except (ValueError, TypeError) as err:
+        raise ConfigError(f"collector.{name}: {err}") from err
+    src.interval, src.timeout = sc.interval, sc.timeout
+    return src
+
+
+def build_service(cfg: Config) -> Service:
+    """Build (but do not start) the service described by `cfg`."""
+    _import_sources()
+    from collector.sources.nvml import NvmlSource
+
+    notes: list[str] = []
+    simulate = cfg.simulate
+    if simulate is None:
+        present, why = gpu_present()
+        if not present:
+            simulate = "4x8"
+            notes.append(f"no GPU here ({why}): running the simulated fleet at 4x8")
+    sources: list[Source] = []
+    simulator = None
+    clock: Clock
+    gpu_cfg = cfg.source("gpu")
+    if simulate is not None:
+        from collector.sim.engine import FleetSim
+        from collector.sim.faults import parse_inject
+        from collector.sim.nvml_model import NvmlDeviceModel
+        from collector.sources.sim_node import SimNodeSource
+
+        nodes, gpus = parse_simulate(simulate)
+        clock = ScaledClock(cfg.speed) if cfg.speed != 1.0 else WallClock()
+        try:
+            injects = [parse_inject(s) for s in cfg.inject]
+        except ValueError as err:
+            raise ConfigError(f"inject: {err}") from err
+        simulator = FleetSim(nodes=nodes, gpus_per_node=gpus, seed=cfg.seed, start_ns=clock.now_ns(),
+                             fault_rate=cfg.fault_rate, injects=injects)
+
+        def refresh(sim: Any = simulator, c: Clock = clock) -> None:
+            sim.advance_to(c.now_ns())
+
+        for i, node in enumerate(simulator.node_names):
+            ctx = SourceContext(node=node, clock=clock, simulator=simulator)
+            model = NvmlDeviceModel(simulator.states_for_node(i), refresh=refresh)
+            src: Source = NvmlSource(ctx, nvml=model, interval=gpu_cfg.interval, timeout=gpu_cfg.timeout)
+            src.name = f"gpu:{node}"
+            sources.append(src)
+            sn = SimNodeSource(simulator, i)
+            sn.name = f"sim_node:{node}"
+            sn.interval = cfg.source("sim_node").interval
+            sources.append(sn)
+        mode = f"simulated {nodes}x{gpus}"
+    else:
+        clock = WallClock()
+        ctx = SourceContext(node=cfg.node, clock=clock, proc_root=cfg.proc_root, sys_root=cfg.sys_root,
+                            rootfs=cfg.rootfs)
+        sources.append(NvmlSource(ctx, interval=gpu_cfg.interval, timeout=gpu_cfg.timeout))
+        kl = _host_source("kernel_xid", cfg, ctx, simulating=False)
+        if kl is not None:
+            sources.append(kl)
+        mode = "nvml"
+    host_ctx = SourceContext(node=cfg.node, clock=clock, proc_root=cfg.proc_root, sys_root=cfg.sys_root,
+                             rootfs=cfg.rootfs)
+    for name in HOST_SOURCES:
+        s = _host_source(name, cfg, host_ctx, simulating=simulate is not None)
+        if s is not None:
+            sources.append(s)
+
+    agent = Agent(sources, clock=clock)
+    web_config = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
+    exporter = Exporter(agent, names=cfg.names, web_config=web_config)
+    recorder = None
+    if cfg.record.enabled:
+        from collector.recorder import Recorder
+
+        recorder = Recorder(Path(cfg.data_dir) / "traces", clock=clock,
+                            flush_interval_s=cfg.record.flush_interval,
+                            rotate_interval_s=cfg.record.rotate_interval, rotate_bytes=cfg.record.rotate_size)
+        agent.subscribe(recorder.add)
+    return Service(cfg, clock, agent, exporter, recorder, simulator, mode, notes)
+
+
+async def run_service(svc: Service, stop: asyncio.Event | None = None, announce: bool = True) -> None:
+    """Start everything, print where to look, run until `stop` is set or SIGINT/SIGTERM arrives."""
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    host, port = parse_hostport(svc.config.listen)
+    bound = await svc.exporter.start(host, port)
+    await svc.agent.start(stop)
+    tasks: list[asyncio.Task[Any]] = []
+    if svc.recorder is not None:
+        tasks.append(asyncio.create_task(svc.recorder.run(stop), name="recorder"))
+    if svc.simulator is not None and svc.recorder is not None:
+        tasks.append(asyncio.create_task(_ground_truth_loop(svc, stop), name="ground-truth"))
+    if announce:
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
+        scheme = "https" if svc.config.web_config_file and svc.exporter.web_config.cert_file else "http"
+        for n in svc.notes:
+            print(f"fleetwatch: {n}", flush=True)
+        print(f"fleetwatch: collecting from {svc.mode} ({len(svc.agent.states)} sources)", flush=True)
+        print(f"fleetwatch: metrics at {scheme}://{shown}:{bound}/metrics  "
+              f"(health: /healthz, readiness: /readyz)", flush=True)
+        if svc.recorder is not None:
+            print(f"fleetwatch: recording traces to {Path(svc.config.data_dir, 'traces').resolve()}", flush=True)
+        print("fleetwatch: Ctrl-C to stop", flush=True)
+    try:
+        await stop.wait()
+    finally:
+        await svc.agent.stop()
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if svc.recorder is not None:
+            if svc.simulator is not None:
+                svc.recorder.add_ground_truth(svc.simulator.ground_truth())
+            await asyncio.to_thread(svc.recorder.close)
+        await svc.exporter.stop()
+
+
+async def _ground_truth_loop(svc: Service, stop: asyncio.Event) -> None:
+    # The simulator's fault log goes to its own table, never to the exported metrics.
+    while not stop.is_set():
+        await asyncio.sleep(max(5.0, svc.config.record.flush_interval))
+        svc.recorder.add_ground_truth(svc.simulator.ground_truth())
