@@ -30,9 +30,10 @@ class Entity:
             raise ValueError(f"entity {self.id!r}: dcgm labels need {len(DCGM_GPU_LABELS)} values")
 
 
-def gpu_entity(node: str, index: int, uuid: str, pci_bus_id: str, model: str, driver: str) -> Entity:
-    """The Entity for one GPU, with native and dcgm-exporter identity labels."""
-    device = f"nvidia{index}"
+def gpu_entity(node: str, index: int, uuid: str, pci_bus_id: str, model: str, driver: str,
+               minor: int | None = None) -> Entity:
+    """The Entity for one GPU, with native and dcgm-exporter identity labels (device = /dev/nvidia<minor>)."""
+    device = f"nvidia{index if minor is None else minor}"
     return Entity(
         kind="gpu",
         node=node,

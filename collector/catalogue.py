@@ -357,6 +357,23 @@ def markdown_reference() -> str:
     return "\n".join(rows) + "\n"
 
 
+_START, _END = "<!-- metric-reference:start -->\n", "<!-- metric-reference:end -->"
+
+
+def readme_with_reference(readme: str) -> str:
+    """The README text with its metric reference section regenerated."""
+    head, sep, rest = readme.partition(_START)
+    _, sep2, tail = rest.partition(_END)
+    if not sep or not sep2:
+        raise ValueError("README has no metric-reference markers")
+    return head + _START + markdown_reference() + _END + tail
+
+
 if __name__ == "__main__":
     if "--markdown" in sys.argv:
         sys.stdout.write(markdown_reference())
+    elif "--update-readme" in sys.argv:
+        from pathlib import Path
+
+        path = Path(sys.argv[-1]) if sys.argv[-1].endswith(".md") else Path("README.md")
+        path.write_text(readme_with_reference(path.read_text()))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import queue
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,30 +60,50 @@ class Source(ABC):
 
 
 class ThreadedSource(Source):
-    """A source whose reads block (NVML, files): `collect` runs on a worker thread, off the event loop.
+    """A source whose reads block (NVML, files): `collect` runs on the source's own worker thread.
 
-    A call still running from an earlier, timed-out update is not stacked: the next update fails with
-    reason "busy" until it returns, so one hung read holds one thread, not one per interval.
+    The worker is a daemon thread, so a call wedged in a hung driver never blocks process exit. A call still
+    running from an earlier, timed-out update is not stacked: the next update fails with reason "busy"
+    until it returns, so one hung read holds one thread, not one per interval.
     """
 
     def __init__(self) -> None:
-        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=self.name)
+        self._jobs: queue.SimpleQueue[tuple[int, concurrent.futures.Future[Batch]] | None] = queue.SimpleQueue()
+        self._worker: threading.Thread | None = None
         self._inflight: concurrent.futures.Future[Batch] | None = None
 
     @abstractmethod
     def collect(self, ts_ns: int) -> Batch:
         """Blocking collection of one batch."""
 
+    def _work(self) -> None:
+        while True:
+            job = self._jobs.get()
+            if job is None:
+                return
+            ts_ns, fut = job
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(self.collect(ts_ns))
+            except BaseException as err:
+                fut.set_exception(err)
+
     async def update(self, ts_ns: int) -> Batch:
         """Run `collect` on the source's worker thread."""
         if self._inflight is not None and not self._inflight.done():
             raise SourceError("busy", f"{self.name}: previous collection still running")
-        self._inflight = self._pool.submit(self.collect, ts_ns)
-        return await asyncio.wrap_future(self._inflight)
+        if self._worker is None or not self._worker.is_alive():
+            self._worker = threading.Thread(target=self._work, name=f"source:{self.name}", daemon=True)
+            self._worker.start()
+        fut: concurrent.futures.Future[Batch] = concurrent.futures.Future()
+        self._inflight = fut
+        self._jobs.put((ts_ns, fut))
+        return await asyncio.wrap_future(fut)
 
     async def close(self) -> None:
         """Stop the worker thread without waiting for a hung call."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._jobs.put(None)
 
 
 SourceFactory = Callable[[SourceContext, dict[str, Any]], Source]

@@ -70,13 +70,13 @@ class SourceConfig(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     enabled: bool | None = None          # None: the source's default
-    interval: Duration = 1.0
-    timeout: Duration = 5.0
+    interval: Duration | None = None     # None: the source's default
+    timeout: Duration | None = None
 
     @field_validator("interval", "timeout")
     @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
+    def _positive(cls, v: float | None) -> float | None:
+        if v is not None and v <= 0:
             raise ValueError(f"must be > 0, got {v}")
         return v
 

@@ -73,7 +73,10 @@ def _host_source(name: str, cfg: Config, ctx: SourceContext, simulating: bool) -
         src = reg.factory(ctx, sc.options())
     except (ValueError, TypeError) as err:
         raise ConfigError(f"collector.{name}: {err}") from err
-    src.interval, src.timeout = sc.interval, sc.timeout
+    if sc.interval is not None:
+        src.interval = sc.interval
+    if sc.timeout is not None:
+        src.timeout = sc.timeout
     return src
 
 
@@ -114,19 +117,20 @@ def build_service(cfg: Config) -> Service:
         for i, node in enumerate(simulator.node_names):
             ctx = SourceContext(node=node, clock=clock, simulator=simulator)
             model = NvmlDeviceModel(simulator.states_for_node(i), refresh=refresh)
-            src: Source = NvmlSource(ctx, nvml=model, interval=gpu_cfg.interval, timeout=gpu_cfg.timeout)
+            src: Source = NvmlSource(ctx, nvml=model, interval=gpu_cfg.interval or 1.0,
+                                     timeout=gpu_cfg.timeout or 5.0)
             src.name = f"gpu:{node}"
             sources.append(src)
             sn = SimNodeSource(simulator, i)
             sn.name = f"sim_node:{node}"
-            sn.interval = cfg.source("sim_node").interval
+            sn.interval = cfg.source("sim_node").interval or gpu_cfg.interval or 1.0
             sources.append(sn)
         mode = f"simulated {nodes}x{gpus}"
     else:
         clock = WallClock()
         ctx = SourceContext(node=cfg.node, clock=clock, proc_root=cfg.proc_root, sys_root=cfg.sys_root,
                             rootfs=cfg.rootfs)
-        sources.append(NvmlSource(ctx, interval=gpu_cfg.interval, timeout=gpu_cfg.timeout))
+        sources.append(NvmlSource(ctx, interval=gpu_cfg.interval or 1.0, timeout=gpu_cfg.timeout or 5.0))
         kl = _host_source("kernel_xid", cfg, ctx, simulating=False)
         if kl is not None:
             sources.append(kl)

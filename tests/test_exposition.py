@@ -142,3 +142,24 @@ def test_label_values_are_escaped() -> None:
     b.add("fleetwatch_network_up", ent, 1)
     fam = next(iter(text_string_to_metric_families(Renderer("native").render_text([b]).decode())))
     assert fam.samples[0].labels == {"node": 'n"0', "device": "eth\\0\nx"}
+
+
+@pytest.mark.parametrize("names", ["native", "dcgm", "both"])
+def test_prepared_rendering_matches_direct_rendering(names: str) -> None:
+    r = Renderer(names)  # type: ignore[arg-type]
+    batches = [full_batch()]
+    other = Batch("other", 0)
+    other.add("fleetwatch_gpu_power_watts", sample_gpu("node-1", 0), 99.0)
+    batches.append(other)
+    direct = r.render_text(batches)
+    assert r.render_prepared([r.prepare(b) for b in batches]) == direct
+
+
+def test_prepared_rendering_dedups_series_two_sources_emit() -> None:
+    r = Renderer("native")
+    a, b = Batch("gpu", 0), Batch("kernel_xid", 0)
+    a.add("fleetwatch_gpu_xid_errors_total", sample_gpu(), 2.0, ("79",))
+    b.add("fleetwatch_gpu_xid_errors_total", sample_gpu(), 5.0, ("79",))
+    b.add("fleetwatch_gpu_xid_errors_total", sample_gpu(), 1.0, ("48",))
+    fam = next(iter(text_string_to_metric_families(r.render_prepared([r.prepare(a), r.prepare(b)]).decode())))
+    assert sorted((s.labels["xid"], s.value) for s in fam.samples) == [("48", 1.0), ("79", 2.0)]

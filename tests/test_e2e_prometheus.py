@@ -1,0 +1,165 @@
+"""End to end: a real Prometheus (Debian package) scrapes `fleetwatch run` on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from tests.conftest import require_tool
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A free loopback TCP port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET a URL; (status, body)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+
+
+def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = None):  # type: ignore[no-untyped-def]
+    """Poll `pred` until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last_err: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            out = proc.stdout.read() if proc.stdout else ""
+            pytest.fail(f"process exited with {proc.returncode} while waiting for {what}:\n{out}")
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, ValueError, KeyError) as err:
+            last_err = err
+        time.sleep(0.2)
+    pytest.fail(f"timed out waiting for {what} (last error: {last_err})")
+
+
+def start_fleetwatch(tmp: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
+    """Start `fleetwatch run` on a free loopback port."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "fleetwatch.cli", "run", "--listen", f"127.0.0.1:{port}",
+           "--data-dir", str(tmp / f"data-{port}"), *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, **(env or {})})
+    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "fleetwatch ready", proc)
+    return proc, port
+
+
+def stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if it does not exit."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[int]:
+    proc, port = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "7", "--names", "both")
+    yield port
+    stop(proc)
+    assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+
+
+@pytest.fixture
+def prometheus(tmp_path: Path, fleet: int) -> Iterator[str]:
+    binary = require_tool("prometheus")
+    port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: fleetwatch\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{fleet}']\n")
+    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", proc)
+    yield url
+    stop(proc)
+
+
+def query(url: str, promql: str) -> list[dict]:
+    """Instant query through Prometheus' HTTP API."""
+    status, body = http_get(f"{url}/api/v1/query?query={urllib.parse.quote(promql)}")
+    data = json.loads(body)
+    assert status == 200 and data["status"] == "success", body
+    return data["data"]["result"]
+
+
+def test_prometheus_scrapes_native_and_dcgm_series(prometheus: str) -> None:
+    wait_until(lambda: len(query(prometheus, "DCGM_FI_DEV_GPU_TEMP")) == 8, 60, "8 dcgm GPU series")
+    dcgm = query(prometheus, "DCGM_FI_DEV_GPU_TEMP")
+    labels = dcgm[0]["metric"]
+    for key in ("gpu", "UUID", "pci_bus_id", "device", "modelName", "Hostname", "DCGM_FI_DRIVER_VERSION"):
+        assert labels.get(key), (key, labels)
+    assert {r["metric"]["Hostname"] for r in dcgm} == {"node-0", "node-1"}
+    assert labels["UUID"].startswith("GPU-") and labels["device"].startswith("nvidia")
+    assert 10 < float(dcgm[0]["value"][1]) < 100
+
+    native = query(prometheus, "fleetwatch_gpu_temperature_celsius")
+    assert len(native) == 8
+    nl = native[0]["metric"]
+    for key in ("node", "gpu", "uuid", "pci_bus_id", "device", "model_name", "driver_version"):
+        assert nl.get(key), (key, nl)
+    # the same GPU under both names, in each name's units
+    pw = query(prometheus, 'fleetwatch_gpu_power_watts{node="node-0",gpu="0"}')
+    dp = query(prometheus, 'DCGM_FI_DEV_POWER_USAGE{Hostname="node-0",gpu="0"}')
+    assert pw[0]["metric"]["uuid"] == dp[0]["metric"]["UUID"]
+    energy = query(prometheus, "fleetwatch_gpu_energy_joules_total")
+    assert len(energy) == 8 and all(float(r["value"][1]) > 0 for r in energy)
+    wait_until(lambda: query(prometheus, "rate(DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION[10s])"), 30, "energy rate")
+    up = query(prometheus, 'fleetwatch_source_up{source=~"gpu:.*"}')
+    assert len(up) == 2 and all(r["value"][1] == "1" for r in up)
+    assert query(prometheus, 'up{job="fleetwatch"}')[0]["value"][1] == "1"
+
+
+def test_native_exposition_passes_promtool(tmp_path: Path) -> None:
+    promtool = require_tool("promtool")
+    proc, port = start_fleetwatch(tmp_path, "--simulate", "1x8", "--names", "native", "--no-record")
+    try:
+        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        stop(proc)
+    assert status == 200 and "fleetwatch_gpu_power_watts" in body and "DCGM_" not in body
+    res = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res
+
+
+def test_sigkill_while_recording_leaves_readable_parquet(tmp_path: Path) -> None:
+    proc, port = start_fleetwatch(tmp_path, "--simulate", "2x8", "--speed", "30",
+                                  env={"FLEETWATCH_RECORD__FLUSH_INTERVAL": "300ms"})
+    time.sleep(2.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(10)
+    files = [p for p in (tmp_path / f"data-{port}" / "traces").rglob("*.parquet") if not p.name.startswith(".")]
+    assert files, "nothing was recorded before the kill"
+    rows = 0
+    for f in files:
+        rows += pq.read_table(f).num_rows        # every file left behind opens and reads fully
+    assert rows > 0
