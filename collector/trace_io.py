@@ -21,6 +21,7 @@ import re
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
@@ -199,14 +200,29 @@ def _ts(ns: int) -> pa.Scalar:
     return pa.scalar(ns, type=_TS_TYPE)
 
 
-def _sorted(table: pa.Table, keys: Sequence[str]) -> pa.Table:
-    """Sort by `keys`; Arrow cannot sort dictionary columns, so sort on their decoded values."""
+def _ranks(col: pa.ChunkedArray) -> pa.Array:
+    """Each value's rank in the sorted dictionary of a column whose chunks share one dictionary."""
+    if col.num_chunks == 0:
+        return pa.array([], type=pa.int32())
+    order = pc.sort_indices(col.chunk(0).dictionary).to_numpy()
+    rank = np.empty(len(order), dtype=np.int32)
+    rank[order] = np.arange(len(order), dtype=np.int32)
+    indices = np.concatenate([c.indices.to_numpy(zero_copy_only=False) for c in col.chunks])
+    return pa.array(rank[indices])
+
+
+def sort_order(table: pa.Table, keys: Sequence[str]) -> pa.Array:
+    """Indices that sort `table` by `keys` ascending.
+
+    Arrow cannot sort dictionary columns, and decoding them to strings is slow, so each dictionary
+    column is replaced by its values' ranks in the sorted dictionary.
+    """
+    keyed = table.select(list(keys)).unify_dictionaries()
     cols = {}
     for k in keys:
-        col = table.column(k)
-        cols[k] = col.cast(pa.string()) if pa.types.is_dictionary(col.type) else col
-    order = pc.sort_indices(pa.table(cols), sort_keys=[(k, "ascending") for k in keys])
-    return table.take(order)
+        col = keyed.column(k)
+        cols[k] = _ranks(col) if pa.types.is_dictionary(col.type) else col
+    return pc.sort_indices(pa.table(cols), sort_keys=[(k, "ascending") for k in keys])
 
 
 def _scan(trace_dir: Path, table: str, files: list[Path], flt: ds.Expression | None) -> pa.Table:
@@ -250,7 +266,7 @@ def _read_table(trace_dir: str | Path, table: str, start_ns: int | None, end_ns:
         before = set(files)
         if before.issubset(after) and not any(
                 merged_segment(p.name) for p in after if p not in before):
-            return _sorted(out, SORT_KEYS[table])
+            return out.take(sort_order(out, SORT_KEYS[table]))
     raise TraceError(f"{trace_dir / table}: files kept changing while reading ({_MAX_ATTEMPTS} attempts)")
 
 

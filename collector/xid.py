@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Literal
 
+from collector.batch import Event
+
 Severity = Literal["info", "warning", "critical"]
 SEVERITIES: tuple[Severity, ...] = ("info", "warning", "critical")
 
@@ -35,7 +37,8 @@ CATALOGUE_RESOURCE = "xid-catalog.csv"
 
 _INFO_ACTIONS = frozenset({"IGNORE", "XID_154"})
 _WARNING_ACTIONS = frozenset({"RESTART_APP", "CHECK_APP/CUDA", "CHECK_UVM", "UPDATE_SWFW", ""})
-_CRITICAL_ACTIONS = frozenset({"RESET_GPU", "RESTART_BM", "RESTART_VM", "CONTACT_SUPPORT", "CHECK_MECHANICALS"})
+_CRITICAL_ACTIONS = frozenset({"RESET_GPU", "RESTART_BM", "RESTART_VM", "CONTACT_SUPPORT",
+                               "CHECK_MECHANICALS"})
 # Every immediate action the catalogue is known to use (WORKFLOW_* aside): a test fails on a new one,
 # so that a catalogue update makes someone classify it instead of it silently becoming a warning.
 KNOWN_ACTIONS = _INFO_ACTIONS | _WARNING_ACTIONS | _CRITICAL_ACTIONS
@@ -75,17 +78,18 @@ def parse_catalogue(text: str) -> dict[int, XidInfo]:
         raise ValueError(f"XID catalogue header must contain {sorted(want)}, got {reader.fieldnames}")
     out: dict[int, XidInfo] = {}
     for row in reader:
+        get = {k: (v or "") for k, v in row.items() if k is not None}     # short rows read as ""
         try:
-            code = int(row["code"])
-        except (TypeError, ValueError):
-            raise ValueError(f"XID catalogue line {reader.line_num}: bad code {row['code']!r}") from None
+            code = int(get["code"])
+        except ValueError:
+            raise ValueError(f"XID catalogue line {reader.line_num}: bad code {get['code']!r}") from None
         # Multi-line mnemonics ("A /\nB") read better joined on one line in events and alerts.
         info = XidInfo(
             code=code,
-            mnemonic=" ".join(row["mnemonic"].split()),
-            description=" ".join(row["description"].split()),
-            immediate_action=row["immediate_resolution"].strip(),
-            investigatory_action=" ".join(row["investigatory_resolution"].split()),
+            mnemonic=" ".join(get["mnemonic"].split()),
+            description=" ".join(get["description"].split()),
+            immediate_action=get["immediate_resolution"].strip(),
+            investigatory_action=" ".join(get["investigatory_resolution"].split()),
         )
         out.setdefault(code, info)
     return out
@@ -115,3 +119,11 @@ def describe(code: int) -> str:
     if info is None:
         return f"unknown XID {code}"
     return f"{info.mnemonic}: {info.description}"
+
+
+def xid_event(ts_ns: int, node: str, entity: str, code: int, message: str = "") -> Event:
+    """The events-table row for one XID: kind "xid", detail the catalogue text (and the driver's message)."""
+    detail = describe(code)
+    if message:
+        detail = f"{detail} ({message})"
+    return Event(ts_ns=ts_ns, node=node, entity=entity, kind="xid", code=code, detail=detail)

@@ -7,6 +7,7 @@ import contextlib
 import importlib
 import logging
 import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,8 +112,11 @@ def build_service(cfg: Config) -> Service:
         simulator = FleetSim(nodes=nodes, gpus_per_node=gpus, seed=cfg.seed, start_ns=clock.now_ns(),
                              fault_rate=cfg.fault_rate, injects=injects)
 
+        lock = threading.Lock()   # each node's NVML source advances the shared engine from its own thread
+
         def refresh(sim: Any = simulator, c: Clock = clock) -> None:
-            sim.advance_to(c.now_ns())
+            with lock:
+                sim.advance_to(c.now_ns())
 
         for i, node in enumerate(simulator.node_names):
             ctx = SourceContext(node=node, clock=clock, simulator=simulator)
