@@ -16,7 +16,8 @@ EXIT_USAGE = 2
 
 def _common_run_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML config file")
-    p.add_argument("--simulate", metavar="NODESxGPUS", help="run the simulated fleet, e.g. 4x8")
+    p.add_argument("--simulate", metavar="NODESxGPUS",
+                   help="run the simulated fleet, e.g. 4x8; 'off' uses NVML even without a GPU")
     p.add_argument("--seed", type=int, help="simulator seed")
     p.add_argument("--speed", type=float, help="simulated time runs this many times faster than real time")
     p.add_argument("--fault-rate", type=float, dest="fault_rate", help="multiply the calibrated fault rate")

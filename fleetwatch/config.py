@@ -61,7 +61,7 @@ def parse_simulate(v: str) -> tuple[int, int]:
     """'NODESxGPUS' → (nodes, gpus)."""
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", str(v))
     if not m or int(m.group(1)) < 1 or int(m.group(2)) < 1:
-        raise ValueError(f"expected NODESxGPUS such as 4x8, got {v!r}")
+        raise ValueError(f"expected NODESxGPUS such as 4x8 (or off), got {v!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -104,7 +104,7 @@ class Config(BaseModel):
     node: str = Field(default_factory=socket.gethostname)
     names: Literal["native", "dcgm", "both"] = "both"
     web_config_file: str | None = None
-    simulate: str | None = None          # "NODESxGPUS"; None: real NVML, or 4x8 when there is no GPU
+    simulate: str | None = None          # "NODESxGPUS"; None: real NVML, or 4x8 when there is no GPU; "off": NVML
     seed: int = 0
     speed: float = 1.0
     fault_rate: float = 1.0
@@ -125,7 +125,7 @@ class Config(BaseModel):
     @field_validator("simulate")
     @classmethod
     def _simulate(cls, v: str | None) -> str | None:
-        if v is not None:
+        if v is not None and v != "off":
             parse_simulate(v)
         return v
 

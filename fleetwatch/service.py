@@ -7,12 +7,12 @@ import contextlib
 import importlib
 import logging
 import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from collector.agent import Agent
+from collector.batch import Batch
 from collector.clock import Clock, ScaledClock, WallClock
 from collector.exporter import Exporter
 from collector.source import REGISTRY, Source, SourceContext
@@ -48,6 +48,31 @@ def gpu_present() -> tuple[bool, str]:
     return (n > 0), f"{n} GPU(s) found"
 
 
+class KernelXidFallback(Source):
+    """Reads XIDs from the kernel log only while NVML's event API is unavailable (else an empty batch).
+
+    With both running, the same fleetwatch_gpu_xid_errors_total series would come from two places.
+    """
+
+    def __init__(self, inner: Source, gpu: Any) -> None:
+        self.inner, self.gpu = inner, gpu
+        self.name, self.interval, self.timeout = inner.name, inner.interval, inner.timeout
+
+    async def update(self, ts_ns: int) -> Batch:
+        """Delegate unless the GPU source's XID event thread works."""
+        if self.gpu.xid_events_supported is True:
+            return Batch(self.name, ts_ns)
+        return await self.inner.update(ts_ns)
+
+    async def start(self) -> None:
+        """Start the kernel-log reader."""
+        await self.inner.start()
+
+    async def close(self) -> None:
+        """Close the kernel-log reader."""
+        await self.inner.close()
+
+
 @dataclass
 class Service:
     """Everything `fleetwatch run` starts, in one typed container."""
@@ -62,12 +87,15 @@ class Service:
     notes: list[str] = field(default_factory=list)
 
 
-def _host_source(name: str, cfg: Config, ctx: SourceContext, simulating: bool) -> Source | None:
+def _host_source(name: str, cfg: Config, ctx: SourceContext, simulating: bool,
+                 default: bool | None = None) -> Source | None:
     reg = REGISTRY.get(name)
     if reg is None:
         return None
     sc = cfg.source(name)
-    enabled = sc.enabled if sc.enabled is not None else (reg.default_enabled and not simulating)
+    if default is None:
+        default = reg.default_enabled and not simulating
+    enabled = sc.enabled if sc.enabled is not None else default
     if not enabled:
         return None
     try:
@@ -87,8 +115,8 @@ def build_service(cfg: Config) -> Service:
     from collector.sources.nvml import NvmlSource
 
     notes: list[str] = []
-    simulate = cfg.simulate
-    if simulate is None:
+    simulate = None if cfg.simulate == "off" else cfg.simulate
+    if cfg.simulate is None:
         present, why = gpu_present()
         if not present:
             simulate = "4x8"
@@ -109,14 +137,15 @@ def build_service(cfg: Config) -> Service:
             injects = [parse_inject(s) for s in cfg.inject]
         except ValueError as err:
             raise ConfigError(f"inject: {err}") from err
-        simulator = FleetSim(nodes=nodes, gpus_per_node=gpus, seed=cfg.seed, start_ns=clock.now_ns(),
-                             fault_rate=cfg.fault_rate, injects=injects)
-
-        lock = threading.Lock()   # each node's NVML source advances the shared engine from its own thread
+        try:
+            simulator = FleetSim(nodes=nodes, gpus_per_node=gpus, seed=cfg.seed, start_ns=clock.now_ns(),
+                                 fault_rate=cfg.fault_rate, injects=injects)
+        except ValueError as err:
+            raise ConfigError(f"inject {cfg.inject}: {err} (fleet is {nodes}x{gpus})") from err
 
         def refresh(sim: Any = simulator, c: Clock = clock) -> None:
-            with lock:
-                sim.advance_to(c.now_ns())
+            # Each node's NVML source advances the shared engine from its own thread; the engine locks.
+            sim.advance_to(c.now_ns())
 
         for i, node in enumerate(simulator.node_names):
             ctx = SourceContext(node=node, clock=clock, simulator=simulator)
@@ -134,10 +163,12 @@ def build_service(cfg: Config) -> Service:
         clock = WallClock()
         ctx = SourceContext(node=cfg.node, clock=clock, proc_root=cfg.proc_root, sys_root=cfg.sys_root,
                             rootfs=cfg.rootfs)
-        sources.append(NvmlSource(ctx, interval=gpu_cfg.interval or 1.0, timeout=gpu_cfg.timeout or 5.0))
-        kl = _host_source("kernel_xid", cfg, ctx, simulating=False)
+        gpu_src = NvmlSource(ctx, interval=gpu_cfg.interval or 1.0, timeout=gpu_cfg.timeout or 5.0)
+        sources.append(gpu_src)
+        kl = _host_source("kernel_xid", cfg, ctx, simulating=False, default=True)
         if kl is not None:
-            sources.append(kl)
+            # Unless configured explicitly, it stands by as the fallback for NVML's event API.
+            sources.append(kl if cfg.source("kernel_xid").enabled else KernelXidFallback(kl, gpu_src))
         mode = "nvml"
     host_ctx = SourceContext(node=cfg.node, clock=clock, proc_root=cfg.proc_root, sys_root=cfg.sys_root,
                              rootfs=cfg.rootfs)

@@ -38,7 +38,7 @@ class SimNodeSource(Source):
         engine = self.engine
         if engine is None:
             raise NoDataError("sim_node: no simulator is running")
-        engine.advance_to(ts_ns)
+        engine.advance_to(ts_ns, sync=False)     # reads arrays only: skip refreshing GpuState records
         batch = Batch(source=self.name, ts_ns=ts_ns)
         ib = engine.ib_metrics()
         n = self.node_index

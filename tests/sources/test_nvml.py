@@ -256,6 +256,10 @@ def test_ecc_disabled_drops_the_ecc_counters(ctx: SourceContext, sources: list[N
 
 # --- lost GPUs -------------------------------------------------------------------------------------------
 
+# What a lost GPU still reports: the flag, its identity, and the agent's own XID tally (none here).
+LOST_ONLY = {("fleetwatch_gpu_lost", ()): 1.0, ("fleetwatch_gpu_info", ()): 1.0,
+             ("fleetwatch_gpu_xid_last_code", ()): 0.0}
+
 def test_gpu_lost_mid_run(ctx: SourceContext, sources: list[NvmlSource]) -> None:
     m = make_model("h100-80gb-hbm3", "h100-80gb-hbm3", "h100-80gb-hbm3")
     src = source(ctx, m, sources)
@@ -265,7 +269,7 @@ def test_gpu_lost_mid_run(ctx: SourceContext, sources: list[NvmlSource]) -> None
     assert of(first, lost)[("fleetwatch_gpu_lost", ())] == 0
     m.states[1].lost = True
     second = src.collect(2)
-    assert of(second, lost) == {("fleetwatch_gpu_lost", ()): 1.0, ("fleetwatch_gpu_info", ()): 1.0}
+    assert of(second, lost) == LOST_ONLY
     assert not any(e.id.startswith(f"{lost}/") for e in second.entity)        # no NVLink rows either
     for healthy in (m.states[0].uuid, m.states[2].uuid):
         assert of(second, healthy) == of(first, healthy)
@@ -285,7 +289,7 @@ def test_gpu_lost_in_the_middle_of_a_collect_discards_its_partial_readings(
     src.collect(1)
     m.inject_error("nvmlDeviceGetRemappedRows", pynvml.NVML_ERROR_GPU_IS_LOST, index=0)
     batch = src.collect(2)
-    assert of(batch, m.states[0].uuid) == {("fleetwatch_gpu_lost", ()): 1.0, ("fleetwatch_gpu_info", ()): 1.0}
+    assert of(batch, m.states[0].uuid) == LOST_ONLY
     assert of(batch, m.states[1].uuid)[("fleetwatch_gpu_lost", ())] == 0.0
     assert [e.kind for e in batch.events] == ["gpu_lost"]
 
@@ -295,7 +299,7 @@ def test_gpu_lost_before_discovery(ctx: SourceContext, sources: list[NvmlSource]
     m.states[1].lost = True
     src = source(ctx, m, sources)
     batch = src.collect(1)
-    assert of(batch, "unknown-gpu1") == {("fleetwatch_gpu_lost", ()): 1.0, ("fleetwatch_gpu_info", ()): 1.0}
+    assert of(batch, "unknown-gpu1") == LOST_ONLY
     assert [(e.kind, e.entity) for e in batch.events] == [("gpu_lost", "unknown-gpu1")]
     assert src.watcher is not None and src.watcher.registered == [m.states[0].uuid]
     assert src.collect(2).events == []
@@ -557,3 +561,17 @@ def test_probe_failures_disable_the_feature_not_the_source(ctx: SourceContext,
     assert of(batch, f"{uuid}/nvlink0") == {} and of(batch, f"{uuid}/nvlink1") != {}
     assert "fleetwatch_gpu_sm_active_ratio" not in batch.metric
     assert src.field_errors == {"nvmlDeviceGetNvLinkState(probe)": 1, "nvmlGpmQueryDeviceSupport(probe)": 1}
+
+
+def test_lost_gpu_keeps_its_xid_counts(ctx: SourceContext, sources: list[NvmlSource]) -> None:
+    m = make_model("h100-80gb-hbm3", "h100-80gb-hbm3")
+    src = source(ctx, m, sources)
+    src.collect(1)
+    uuid = m.states[0].uuid
+    assert src.watcher is not None
+    src.watcher.record(uuid, 79)                 # XID 79 arrives, then every query says GPU_IS_LOST
+    m.states[0].lost = True
+    got = of(src.collect(2), uuid)
+    assert got[("fleetwatch_gpu_lost", ())] == 1.0
+    assert got[("fleetwatch_gpu_xid_errors_total", ("79",))] == 1.0
+    assert got[("fleetwatch_gpu_xid_last_code", ())] == 79.0
