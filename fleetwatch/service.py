@@ -184,7 +184,8 @@ def build_service(cfg: Config) -> Service:
     if cfg.record.enabled:
         from collector.recorder import Recorder
 
-        recorder = Recorder(Path(cfg.data_dir) / "traces", clock=clock,
+        # Flushing and rotation follow the wall clock: data volume grows with collections, not sim time.
+        recorder = Recorder(Path(cfg.data_dir) / "traces", clock=WallClock(),
                             flush_interval_s=cfg.record.flush_interval,
                             rotate_interval_s=cfg.record.rotate_interval, rotate_bytes=cfg.record.rotate_size)
         agent.subscribe(recorder.add)
