@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 
 from collector.catalogue import DCGM_GPU_LABELS, ENTITY_LABELS
@@ -86,3 +87,26 @@ class Batch:
     def rows(self) -> list[tuple[str, Entity, float, tuple[str, ...]]]:
         """The readings as (metric, entity, value, extra) tuples."""
         return list(zip(self.metric, self.entity, self.value, self.extra, strict=True))
+
+
+def entity_record(e: Entity) -> dict[str, str]:
+    """An entity as a row of the trace's entities table (labels as JSON objects)."""
+    labels = json.dumps(dict(zip(ENTITY_LABELS[e.kind], e.labels, strict=True)), separators=(",", ":"))
+    dcgm = json.dumps(dict(zip(DCGM_GPU_LABELS, e.dcgm_labels, strict=True)), separators=(",", ":")) \
+        if e.dcgm_labels else ""
+    return {"node": e.node, "entity": e.id, "kind": e.kind, "labels": labels, "dcgm_labels": dcgm}
+
+
+def entity_from_record(row: dict[str, str]) -> Entity:
+    """Rebuild an Entity from an entities-table row; ValueError names what is wrong."""
+    kind = row["kind"]
+    if kind not in ENTITY_LABELS:
+        raise ValueError(f"entity {row.get('entity')!r}: unknown kind {kind!r}")
+    labels = json.loads(row["labels"])
+    dcgm = json.loads(row["dcgm_labels"]) if row.get("dcgm_labels") else {}
+    try:
+        values = tuple(str(labels[k]) for k in ENTITY_LABELS[kind])
+        dcgm_values = tuple(str(dcgm[k]) for k in DCGM_GPU_LABELS) if dcgm else ()
+    except KeyError as err:
+        raise ValueError(f"entity {row.get('entity')!r}: label {err} missing") from None
+    return Entity(kind=kind, node=row["node"], id=row["entity"], labels=values, dcgm_labels=dcgm_values)

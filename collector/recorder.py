@@ -29,10 +29,18 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from collector.batch import Batch
+from collector.batch import Batch, entity_record
 from collector.catalogue import METRICS, spec
 from collector.clock import Clock
-from collector.trace import EVENTS_DIR, GROUND_TRUTH_DIR, GROUND_TRUTH_SCHEMA, METRICS_DIR
+from collector.trace import (
+    ENTITIES_DIR,
+    ENTITIES_FILE,
+    ENTITIES_SCHEMA,
+    EVENTS_DIR,
+    GROUND_TRUTH_DIR,
+    GROUND_TRUTH_SCHEMA,
+    METRICS_DIR,
+)
 from collector.trace_io import (
     GROUND_TRUTH_FILE,
     NS_PER_DAY,
@@ -158,8 +166,14 @@ class Recorder:
         self._ground_truth: dict[int, dict[str, Any]] | None = None  # None: never given any
         self._ground_truth_dirty = False
         self._known_dirs: set[Path] = set()
+        # Identity labels of every entity recorded: (node, entity id) → entities-table row.
+        self._entities: dict[tuple[str, str], dict[str, str]] = {}
+        self._entity_ids: set[int] = set()      # id() of Entity objects already seen: the cheap check
+        self._entity_objs: list[Any] = []       # keeps those objects alive so their ids stay unique
+        self._entities_dirty = False
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.recover()
+        self._load_entities()
 
     # --- buffering (event loop) ---------------------------------------------------------------
 
@@ -170,6 +184,7 @@ class Recorder:
         entity: list[str] = []
         metric: list[str] = []
         value: list[float] = []
+        fresh: list[Any] = []
         for m, e, v in zip(batch.metric, batch.entity, batch.value, strict=True):
             if m not in units:
                 if m in _UNRECORDED:
@@ -179,6 +194,10 @@ class Recorder:
             entity.append(e.id)
             metric.append(m)
             value.append(v)
+            if id(e) not in self._entity_ids:
+                fresh.append(e)
+        for e in fresh:          # only once the whole batch is known good
+            self._note_entity(e)
         with self._buf_lock:
             buf = self._buf
             buf.m_ts.extend([batch.ts_ns] * len(metric))
@@ -193,6 +212,31 @@ class Recorder:
                 buf.e_kind.append(ev.kind)
                 buf.e_code.append(int(ev.code))
                 buf.e_detail.append(ev.detail)
+
+    def _note_entity(self, e: Any) -> None:
+        if len(self._entity_objs) > 100_000:    # entities churn (hot-plug): forget the fast-path cache
+            self._entity_ids.clear()
+            self._entity_objs.clear()
+        self._entity_ids.add(id(e))
+        self._entity_objs.append(e)
+        row = entity_record(e)
+        key = (row["node"], row["entity"])
+        with self._buf_lock:
+            if self._entities.get(key) != row:
+                self._entities[key] = row
+                self._entities_dirty = True
+
+    def _load_entities(self) -> None:
+        path = self.data_dir / ENTITIES_DIR / ENTITIES_FILE
+        if not path.is_file():
+            return
+        try:
+            rows = pq.read_table(path).to_pylist()
+        except (OSError, pa.ArrowInvalid) as err:
+            log.warning("recorder: cannot read %s (%s); it will be rewritten", path, err)
+            return
+        for row in rows:
+            self._entities[(row["node"], row["entity"])] = row
 
     def add_ground_truth(self, rows: list[dict[str, Any]]) -> None:
         """Upsert ground-truth rows by fault_id (a later row replaces an earlier one); written on flush.
@@ -231,6 +275,8 @@ class Recorder:
                 buf, self._buf = self._buf, _Buffer()
                 gt_dirty, self._ground_truth_dirty = self._ground_truth_dirty, False
                 gt = [self._ground_truth[k] for k in sorted(self._ground_truth or {})]
+                ent_dirty, self._entities_dirty = self._entities_dirty, False
+                ents = [self._entities[k] for k in sorted(self._entities)]
             self._pending.extend(self._prepare(buf))
             written: list[Path] = []
             try:
@@ -241,11 +287,13 @@ class Recorder:
                     self.rows_written += rows.num_rows
                 if gt_dirty:
                     written.append(self._write_ground_truth(gt))
+                if ent_dirty:
+                    written.append(self._write_entities(ents))
             except BaseException:
                 self.flush_errors += 1
-                if gt_dirty:
-                    with self._buf_lock:
-                        self._ground_truth_dirty = True
+                with self._buf_lock:
+                    self._ground_truth_dirty |= gt_dirty
+                    self._entities_dirty |= ent_dirty
                 self._drop_overflow()
                 raise
             self.last_flush_ns = self.clock.now_ns()
@@ -279,7 +327,7 @@ class Recorder:
     def recover(self) -> list[Path]:
         """Delete temp files left by a crash and hot files already merged by an interrupted rotation."""
         removed: list[Path] = []
-        dirs = [self.data_dir / GROUND_TRUTH_DIR]
+        dirs = [self.data_dir / GROUND_TRUTH_DIR, self.data_dir / ENTITIES_DIR]
         for table in (METRICS_DIR, EVENTS_DIR):
             root = self.data_dir / table
             if root.is_dir():
@@ -424,6 +472,17 @@ class Recorder:
             _fsync_dir(d.parent)
         table = pa.Table.from_pylist(rows, schema=GROUND_TRUTH_SCHEMA)
         path, size = _write_atomic(table, d, GROUND_TRUTH_FILE)
+        self.files_written += 1
+        self.bytes_written += size
+        return path
+
+    def _write_entities(self, rows: list[dict[str, str]]) -> Path:
+        """Replace the entities file atomically with every entity seen (this run and earlier ones)."""
+        d = self.data_dir / ENTITIES_DIR
+        if not d.is_dir():
+            d.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(d.parent)
+        path, size = _write_atomic(pa.Table.from_pylist(rows, schema=ENTITIES_SCHEMA), d, ENTITIES_FILE)
         self.files_written += 1
         self.bytes_written += size
         return path

@@ -44,7 +44,20 @@ GROUND_TRUTH_SCHEMA = pa.schema([
     pa.field("detail", pa.string(), nullable=False),
 ], metadata={b"fleetwatch.schema_version": str(SCHEMA_VERSION).encode(), b"fleetwatch.table": b"ground_truth"})
 
+# Entities: the identity labels of every entity a trace mentions, so that replay and importers can rebuild
+# the exact series (labels as JSON objects; dcgm_labels "" for non-GPU entities). One file, rewritten
+# atomically when new entities appear.
+ENTITIES_SCHEMA = pa.schema([
+    pa.field("node", pa.string(), nullable=False),
+    pa.field("entity", pa.string(), nullable=False),
+    pa.field("kind", pa.string(), nullable=False),
+    pa.field("labels", pa.string(), nullable=False),
+    pa.field("dcgm_labels", pa.string(), nullable=False),
+], metadata={b"fleetwatch.schema_version": str(SCHEMA_VERSION).encode(), b"fleetwatch.table": b"entities"})
+
 # Layout: TRACE_DIR/<table>/date=YYYY-MM-DD/<name>.parquet (Hive partitions DuckDB, Spark and Dask read).
 METRICS_DIR = "metrics"
 EVENTS_DIR = "events"
 GROUND_TRUTH_DIR = "ground_truth"
+ENTITIES_DIR = "entities"
+ENTITIES_FILE = "entities.parquet"

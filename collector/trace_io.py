@@ -28,6 +28,9 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from collector.trace import (
+    ENTITIES_DIR,
+    ENTITIES_FILE,
+    ENTITIES_SCHEMA,
     EVENTS_DIR,
     EVENTS_SCHEMA,
     GROUND_TRUTH_DIR,
@@ -45,6 +48,7 @@ SCHEMAS: dict[str, pa.Schema] = {
     METRICS_DIR: METRICS_SCHEMA,
     EVENTS_DIR: EVENTS_SCHEMA,
     GROUND_TRUTH_DIR: GROUND_TRUTH_SCHEMA,
+    ENTITIES_DIR: ENTITIES_SCHEMA,
 }
 # Sort order within a file; the recorder writes it and readers return it.
 SORT_KEYS: dict[str, tuple[str, ...]] = {
@@ -132,9 +136,9 @@ def list_trace_files(trace_dir: str | Path, table: str | None = None) -> list[Pa
     for t in tables:
         if t not in SCHEMAS:
             raise ValueError(f"unknown trace table {t!r}; expected one of {sorted(SCHEMAS)}")
-        if t == GROUND_TRUTH_DIR:
-            gt = trace_dir / GROUND_TRUTH_DIR / GROUND_TRUTH_FILE
-            files.extend([gt] if gt.is_file() else [])
+        if t in (GROUND_TRUTH_DIR, ENTITIES_DIR):
+            single = trace_dir / t / (GROUND_TRUTH_FILE if t == GROUND_TRUTH_DIR else ENTITIES_FILE)
+            files.extend([single] if single.is_file() else [])
         else:
             files.extend(_table_files(trace_dir, t))
     return files
@@ -320,3 +324,16 @@ def read_ground_truth(trace_dir: str | Path) -> pa.Table | None:
     except (pa.ArrowException, OSError) as err:
         raise TraceError(f"{path}: corrupt data ({err})") from err
     return table.replace_schema_metadata(GROUND_TRUTH_SCHEMA.metadata)
+
+
+def read_entities(trace_dir: str | Path) -> pa.Table | None:
+    """The entities table (identity labels of every entity), or None when the trace has none."""
+    path = Path(trace_dir) / ENTITIES_DIR / ENTITIES_FILE
+    try:
+        check_file(path, ENTITIES_DIR)
+        table = pq.read_table(path, schema=ENTITIES_SCHEMA)
+    except FileNotFoundError:
+        return None
+    except (pa.ArrowException, OSError) as err:
+        raise TraceError(f"{path}: corrupt data ({err})") from err
+    return table.replace_schema_metadata(ENTITIES_SCHEMA.metadata)

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from collector import recorder as recorder_mod
-from collector.batch import Batch, Entity, Event, gpu_entity
+from collector.batch import Batch, Entity, Event, entity_from_record, gpu_entity
 from collector.catalogue import BY_NAME
 from collector.clock import ManualClock
 from collector.recorder import Recorder
@@ -23,6 +23,7 @@ from collector.trace_io import (
     check_file,
     day_of,
     list_trace_files,
+    read_entities,
     read_events,
     read_ground_truth,
     read_metrics,
@@ -83,6 +84,11 @@ def assert_sorted(rows: list[tuple]) -> None:
     assert keys == sorted(keys)
 
 
+def data_only(paths: list[Path]) -> list[Path]:
+    """The metrics and events files among paths (not the entities table)."""
+    return [p for p in paths if p.parent.name.startswith("date=")]
+
+
 def files(root: Path, prefix: str) -> list[Path]:
     """Data files under root whose names start with prefix."""
     return sorted(p for p in root.rglob("*.parquet") if p.name.startswith(prefix))
@@ -99,7 +105,7 @@ def test_round_trip_values_units_encoding_and_order(tmp_path: Path) -> None:
         rec.add(b)
     written = rec.flush()
 
-    assert [p.parent.name for p in written] == ["date=2026-01-01", "date=2026-01-01"]
+    assert [p.parent.name for p in data_only(written)] == ["date=2026-01-01", "date=2026-01-01"]
     table = read_metrics(tmp_path)
     rows = as_rows(table)
     assert len(rows) == len(expected_rows(batches)) == 5 * (4 * 4 + 1)
@@ -177,7 +183,7 @@ def test_stats_count_rows_files_and_bytes(tmp_path: Path) -> None:
     clock.advance(5)
     written = rec.flush()
     assert rec.rows_written == 17 + 1
-    assert rec.files_written == 2
+    assert rec.files_written == 3             # metrics, events and the entities table
     assert rec.bytes_written == sum(p.stat().st_size for p in written)
     assert rec.last_flush_ns == clock.now_ns()
     assert rec.pending_rows == 0
@@ -223,7 +229,7 @@ def test_rotation_by_time_merges_the_segment_into_one_sorted_file(tmp_path: Path
 
     batches.append(make_batch(clock.now_ns(), 7))
     rec.add(batches[-1])
-    (hot,) = rec.flush()
+    (hot,) = data_only(rec.flush())
     assert hot.name.startswith("part-") and hot.name.split("-")[3] == "00001"  # next segment
     rows = as_rows(read_metrics(tmp_path))  # two files with different dictionaries, read back sorted
     assert_sorted(rows)
@@ -234,8 +240,8 @@ def test_rotation_by_size(tmp_path: Path) -> None:
     clock = ManualClock(T0)
     rec = Recorder(tmp_path, clock, rotate_bytes=1 << 40)
     rec.add(make_batch(T0, 0))
-    rec.flush()
-    rec.rotate_bytes = int(rec.bytes_written * 2.5)  # a segment closes on its third file
+    first = data_only(rec.flush())
+    rec.rotate_bytes = int(sum(p.stat().st_size for p in first) * 2.5)  # a segment closes on its third file
     batches = [make_batch(T0, 0)]
     for i in range(1, 6):
         clock.advance(1)
@@ -270,7 +276,7 @@ def test_rotation_of_a_segment_spanning_midnight_merges_per_day(tmp_path: Path) 
 def test_temp_files_are_ignored_by_readers_and_cleaned_at_start(tmp_path: Path) -> None:
     rec = Recorder(tmp_path, ManualClock())
     rec.add(make_batch(T0))
-    (path,) = rec.flush()
+    (path,) = data_only(rec.flush())
     stale = path.parent / ".tmp-0123456789abcdef.parquet"
     stale.write_bytes(b"PAR1 half a file")
     gt_stale = tmp_path / "ground_truth" / ".tmp-feed.parquet"
@@ -411,7 +417,7 @@ def _truncated(path: Path) -> None:
     rec_dir = path.parent.parent.parent / "src"
     rec = Recorder(rec_dir, ManualClock())
     rec.add(make_batch(T0))
-    (src,) = rec.flush()
+    (src,) = data_only(rec.flush())
     data = src.read_bytes()
     path.write_bytes(data[: len(data) // 2])
 
@@ -440,7 +446,7 @@ def test_corrupt_data_pages_raise_trace_error_naming_the_file(tmp_path: Path) ->
     rec = Recorder(tmp_path, ManualClock())
     for i in range(50):
         rec.add(make_batch(T0 + i * S, i))
-    (path,) = rec.flush()
+    (path,) = data_only(rec.flush())
     data = bytearray(path.read_bytes())
     footer_len = int.from_bytes(data[-8:-4], "little")
     for i in range(8, len(data) - footer_len - 8, 7):  # scribble over the pages, keep the footer
@@ -557,3 +563,24 @@ async def test_run_survives_a_failing_flush(tmp_path: Path, monkeypatch: pytest.
     await asyncio.wait_for(task, 5)
     assert rec.flush_errors == 1
     assert read_metrics(tmp_path).num_rows == 17
+
+
+def test_entities_table_keeps_identity_labels_across_restarts(tmp_path: Path) -> None:
+    rec = Recorder(tmp_path, ManualClock())
+    batch = make_batch(T0)
+    rec.add(batch)
+    rec.close()
+    table = read_entities(tmp_path)
+    assert table is not None
+    got = {(r["node"], r["entity"]): entity_from_record(r) for r in table.to_pylist()}
+    for e in set(batch.entity):
+        assert got[(e.node, e.id)] == e           # labels and dcgm labels survive byte for byte
+    # a new recorder in the same directory adds to the table instead of replacing it
+    rec2 = Recorder(tmp_path, ManualClock())
+    extra = Batch("s", T0 + S)
+    gpu = gpu_entity("node-z", 0, "GPU-ffffffff-0000-0000-0000-000000000000", "00000000:18:00.0", "m", "d")
+    extra.add("fleetwatch_gpu_power_watts", gpu, 1.0)
+    rec2.add(extra)
+    rec2.close()
+    table = read_entities(tmp_path)
+    assert table is not None and table.num_rows == len(got) + 1

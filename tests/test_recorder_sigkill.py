@@ -104,6 +104,6 @@ def test_sigkill_leaves_readable_files_and_a_complete_prefix(tmp_path: Path) -> 
         # A new recorder cleans the debris and the data reads the same.
         Recorder(data_dir, WallClock())
         assert not any(data_dir.rglob(".tmp-*")), label
-        assert len(list_trace_files(data_dir, "metrics")) == len(list(data_dir.rglob("*.parquet")))
+        assert len(list_trace_files(data_dir, "metrics")) == len(list((data_dir / "metrics").rglob("*.parquet")))
         assert _check_prefix(data_dir, kill_ns, label) == kept
     assert any(tmp_seen[i] for i, w in enumerate(plan) if w), "no kill landed mid-write"

@@ -24,11 +24,14 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from collector.batch import Event
+from collector.batch import Entity, Event, entity_record, gpu_entity
 from collector.catalogue import spec
 from collector.sim.engine import FleetSim
 from collector.sim.faults import FaultSpec
 from collector.trace import (
+    ENTITIES_DIR,
+    ENTITIES_FILE,
+    ENTITIES_SCHEMA,
     EVENTS_DIR,
     EVENTS_SCHEMA,
     GROUND_TRUTH_DIR,
@@ -58,6 +61,19 @@ class TraceSummary:
     faults: int                                  # ground-truth rows
     failures: int                                # faults that reached failure within the trace
     files: tuple[str, ...]
+
+
+def sim_entities(sim: FleetSim) -> list[Entity]:
+    """Every entity of the simulated fleet, with the identity labels the live agent would export."""
+    out: list[Entity] = []
+    for n, node in enumerate(sim.node_names):
+        for st in sim.states_for_node(n):
+            out.append(gpu_entity(node, st.index, st.uuid, st.pci_bus_id, sim.model, sim.driver,
+                                  minor=st.minor_number))
+        out.extend(Entity(kind="ib_port", node=node, id=f"{dev}/1", labels=(node, dev, "1"))
+                   for dev in sim.ib_port_names)
+        out.append(Entity(kind="node", node=node, id=node, labels=(node,)))
+    return out
 
 
 def _write_atomic(table: pa.Table, path: Path) -> None:
@@ -261,6 +277,9 @@ def generate_trace(out_dir: str | os.PathLike[str], nodes: int, gpus_per_node: i
     truth = sim.ground_truth()
     path = out / GROUND_TRUTH_DIR / "ground_truth.parquet"
     _write_atomic(ground_truth_table(truth), path)
+    files.append(str(path))
+    path = out / ENTITIES_DIR / ENTITIES_FILE
+    _write_atomic(pa.Table.from_pylist([entity_record(e) for e in sim_entities(sim)], schema=ENTITIES_SCHEMA), path)
     files.append(str(path))
     return TraceSummary(out_dir=str(out), start_ns=start, end_ns=end, nodes=nodes, gpus=sim.n_gpus,
                         samples=n_samples, metric_rows=metric_rows, event_rows=len(events), faults=len(truth),

@@ -48,7 +48,7 @@ def test_layout_one_file_per_utc_day_and_progress(trace) -> None:
     assert calls == [(1, 3), (2, 3), (3, 3)]
     assert summary.samples == 216 and summary.gpus == 12 and summary.nodes == 3
     assert summary.end_ns == EVENING + 215 * 600 * S
-    assert len(summary.files) == 7
+    assert len(summary.files) == 8          # 3 metrics, 3 events, ground truth, entities
 
 
 def test_metrics_files_match_schema_and_sort_order(trace) -> None:
