@@ -33,7 +33,7 @@ T0 = 1_767_225_600 * 10**9  # 2026-01-01T00:00:00Z
 S = 10**9
 RECORDED = ("fleetwatch_gpu_temperature_celsius", "fleetwatch_gpu_power_watts",
             "fleetwatch_gpu_utilization_ratio", "fleetwatch_gpu_ecc_sbe_volatile_total")
-NOT_RECORDED = "fleetwatch_gpu_info"
+NOT_RECORDED = "fleetwatch_gpu_clock_event_active"
 KEYS = ("node", "entity", "metric", "ts")
 
 
@@ -54,7 +54,7 @@ def make_batch(ts_ns: int, seq: int = 0, with_events: bool = False) -> Batch:
         for g in ents:
             for k, m in enumerate(RECORDED):
                 b.add(m, g, seq * 100 + k)
-            b.add(NOT_RECORDED, g, 1.0)
+            b.add(NOT_RECORDED, g, 1.0, ("sw_power_cap",))
     b.add("fleetwatch_network_receive_bytes_total", ETH0, seq * 1000.0)
     if with_events:
         b.events.append(Event(ts_ns, "node-a", NODES["node-a"][0].id, "xid", 79, "fallen off the bus"))
