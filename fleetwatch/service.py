@@ -192,6 +192,53 @@ def build_service(cfg: Config) -> Service:
     return Service(cfg, clock, agent, exporter, recorder, simulator, mode, notes)
 
 
+def build_replay_service(cfg: Config, traces: list[str], speed: float, start_ns: int | None = None,
+                         end_ns: int | None = None) -> tuple[Service, Any]:
+    """A service whose only source replays recorded traces (exporter and recorder as in `run`)."""
+    from collector.replay import ReplaySource, trace_span
+    from collector.trace_io import TraceError
+
+    if speed <= 0:
+        raise ConfigError(f"--speed must be > 0, got {speed}")
+    try:
+        span = trace_span(traces)
+        source = ReplaySource(traces, span, speed=speed, start_ns=start_ns, end_ns=end_ns)
+    except TraceError as err:
+        raise ConfigError(str(err)) from err
+    clock = ScaledClock(speed, start_ns=source.start_ns)
+    agent = Agent([source], clock=clock)
+    web_config = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
+    exporter = Exporter(agent, names=cfg.names, web_config=web_config)
+    recorder = None
+    if cfg.record.enabled:
+        from collector.recorder import Recorder
+
+        recorder = Recorder(Path(cfg.data_dir) / "traces", clock=WallClock(),
+                            flush_interval_s=cfg.record.flush_interval,
+                            rotate_interval_s=cfg.record.rotate_interval, rotate_bytes=cfg.record.rotate_size)
+        agent.subscribe(recorder.add)
+    mode = f"replay of {', '.join(traces)} at {speed:g}x ({(source.end_ns - source.start_ns) / 1e9 / speed:.0f} s)"
+    return Service(cfg, clock, agent, exporter, recorder, None, mode), source
+
+
+async def run_replay(svc: Service, source: Any, stop: asyncio.Event | None = None, announce: bool = True) -> None:
+    """Run a replay service until the trace ends (or a signal), then stop."""
+    stop = stop or asyncio.Event()
+
+    async def watch() -> None:
+        while not source.done:
+            await asyncio.sleep(min(0.2, source.interval))
+        # Let one more scrape interval pass so the last state is served, then end.
+        await asyncio.sleep(source.interval)
+        stop.set()
+
+    watcher = asyncio.create_task(watch())
+    try:
+        await run_service(svc, stop, announce)
+    finally:
+        watcher.cancel()
+
+
 async def run_service(svc: Service, stop: asyncio.Event | None = None, announce: bool = True) -> None:
     """Start everything, print where to look, run until `stop` is set or SIGINT/SIGTERM arrives."""
     stop = stop or asyncio.Event()

@@ -56,9 +56,10 @@ def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = 
     pytest.fail(f"timed out waiting for {what} (last error: {last_err})")
 
 
-def start_fleetwatch(tmp: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, int]:
-    """Start `fleetwatch run` on a free loopback port."""
-    port = free_port()
+def start_fleetwatch(tmp: Path, *args: str, env: dict[str, str] | None = None,
+                     port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """Start `fleetwatch run` on a (free) loopback port."""
+    port = port or free_port()
     cmd = [sys.executable, "-m", "fleetwatch.cli", "run", "--listen", f"127.0.0.1:{port}",
            "--data-dir", str(tmp / f"data-{port}"), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
