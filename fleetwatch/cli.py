@@ -55,7 +55,51 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--inject", action="append", default=[], metavar="KIND@NODE/GPU+DELAY")
     sim.add_argument("-o", "--output", metavar="TRACE_DIR")
     sim.add_argument("--list-faults", action="store_true", help="list the fault kinds and exit")
+    rep = sub.add_parser("replay", help="play recorded traces through the live pipeline")
+    rep.add_argument("traces", nargs="+", metavar="TRACE")
+    rep.add_argument("--speed", type=float, default=1.0, help="trace seconds per wall second (default 1)")
+    rep.add_argument("--start", help="replay from this time (RFC 3339 or Unix seconds)")
+    rep.add_argument("--end", help="replay up to this time")
+    rep.add_argument("--config", help="YAML config file")
+    rep.add_argument("--listen", metavar="HOST:PORT")
+    rep.add_argument("--names", choices=("native", "dcgm", "both"))
+    rep.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="where the replay is recorded")
+    rep.add_argument("--no-record", action="store_true", help="do not record the replay")
     return ap
+
+
+def parse_time_ns(text: str) -> int:
+    """RFC 3339 (2026-01-01T00:00:00Z) or Unix seconds → Unix nanoseconds."""
+    import datetime as dt
+
+    try:
+        return int(float(text) * 1e9)
+    except ValueError:
+        pass
+    try:
+        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ConfigError(f"cannot parse time {text!r}: use RFC 3339 (2026-01-01T00:00:00Z) or Unix seconds") from None
+    if t.tzinfo is None:
+        t = t.replace(tzinfo=dt.UTC)
+    return int(t.timestamp() * 1e9)
+
+
+def cmd_replay(args: argparse.Namespace) -> int:
+    """fleetwatch replay."""
+    from fleetwatch.service import build_replay_service, run_replay
+
+    over = {k: getattr(args, k) for k in ("listen", "names", "data_dir") if getattr(args, k) is not None}
+    if args.no_record:
+        over["record"] = {"enabled": False}
+    cfg = load_config(args.config, over)
+    start = parse_time_ns(args.start) if args.start else None
+    end = parse_time_ns(args.end) if args.end else None
+    svc, source = build_replay_service(cfg, args.traces, args.speed, start, end)
+    asyncio.run(run_replay(svc, source))
+    print(f"fleetwatch: replay finished ({source.span.interval_s:g} s interval, "
+          f"{source.series} series)", flush=True)
+    return 0
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -159,7 +203,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "collect": cmd_collect, "simulate": cmd_simulate}
+COMMANDS = {"run": cmd_run, "collect": cmd_collect, "simulate": cmd_simulate, "replay": cmd_replay}
 
 
 def main(argv: list[str] | None = None) -> int:
