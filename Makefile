@@ -15,11 +15,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $@
 
-# Prometheus and Alertmanager come from Debian's packages; the tests start them on loopback.
+# Prometheus and Alertmanager come from Debian's packages; the tests start them on loopback. Chromium
+# (headless) opens the HTML report in its test.
 system-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v amtool >/dev/null \
-	  && command -v prometheus-alertmanager >/dev/null || { \
-	    $(APT) update -qq && $(APT) install -y -qq prometheus prometheus-alertmanager; }
+	  && command -v prometheus-alertmanager >/dev/null && command -v chromium >/dev/null || { \
+	    $(APT) update -qq && $(APT) install -y -qq prometheus prometheus-alertmanager chromium; }
 	@# Debian starts the packaged daemons; the tests run their own on loopback ports.
 	@-systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
 

@@ -7,15 +7,20 @@ File names inside a day partition:
 - `.tmp-<uuid>.parquet`: a write in progress or one a crash cut short; readers never look at it.
 - `part-<first_ts>-<run>-<segment>-<seq>.parquet`: a "hot" file, one per flush.
 - `seg-<first_ts>-<run>-<segment>.parquet`: the hot files of one closed segment merged into one.
+- `day-YYYY-MM-DD.parquet`: every file of the partition compacted into one (collector/compact.py).
 A `seg-` file supersedes the hot files of the same run and segment in its directory: the merge renames
 the merged file into place first and deletes its inputs after, so a reader that lists the directory
 between the two steps (or after a crash between them) must skip those inputs, and does, by name.
+A `day-` file lists the names of the files it replaced in its footer (key fleetwatch.compacted_from);
+readers skip those names in its directory for the same reason. Files written into the partition after
+the compaction are not listed and are read alongside it.
 `first_ts` is zero-padded Unix nanoseconds, so names sort by time.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 from collections.abc import Iterable, Sequence
@@ -58,7 +63,10 @@ SORT_KEYS: dict[str, tuple[str, ...]] = {
 
 _HOT_RE = re.compile(r"^part-(\d{19})-([0-9a-f]{8})-(\d{5})-(\d{6})\.parquet$")
 _SEG_RE = re.compile(r"^seg-(\d{19})-([0-9a-f]{8})-(\d{5})\.parquet$")
+_DAY_RE = re.compile(r"^day-(\d{4}-\d{2}-\d{2})\.parquet$")
 _DATE_RE = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
+# Footer key of a compacted day file: JSON list of the file names (same directory) it replaced.
+COMPACTED_FROM_KEY = b"fleetwatch.compacted_from"
 _TS_TYPE = pa.timestamp("ns", tz="UTC")
 _PARTITIONING = ds.partitioning(pa.schema([pa.field("date", pa.string())]), flavor="hive")
 _MAX_ATTEMPTS = 5
@@ -105,6 +113,47 @@ def superseded(names: Iterable[str]) -> set[str]:
     return {n for n in names if hot_segment(n) in merged}
 
 
+def compacted_file_name(day: str) -> str:
+    """Name of a day partition's compacted file."""
+    return f"day-{day}.parquet"
+
+
+def compacted_day(name: str) -> str | None:
+    """The day (YYYY-MM-DD) of a compacted file name, None for any other name."""
+    m = _DAY_RE.match(name)
+    return m.group(1) if m else None
+
+
+def compacted_inputs(path: str | Path) -> set[str]:
+    """Names of the files a compacted day file replaced, from its footer; empty if it is gone."""
+    path = Path(path)
+    try:
+        meta = pq.read_schema(path).metadata or {}
+    except FileNotFoundError:
+        return set()
+    except (pa.ArrowException, OSError) as err:
+        raise TraceError(f"{path}: not a readable Parquet file ({err})") from err
+    raw = meta.get(COMPACTED_FROM_KEY)
+    if raw is None:
+        return set()
+    try:
+        names = json.loads(raw)
+    except ValueError:
+        names = None
+    if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise TraceError(f"{path}: bad {COMPACTED_FROM_KEY.decode()} metadata {raw[:80]!r}")
+    return set(names)
+
+
+def covered(directory: Path, names: Iterable[str]) -> set[str]:
+    """File names (of one directory) that a compacted day file there has replaced."""
+    out: set[str] = set()
+    for n in names:
+        if compacted_day(n) is not None:
+            out |= compacted_inputs(directory / n)
+    return out
+
+
 # --- listing --------------------------------------------------------------------------------------
 
 
@@ -123,7 +172,7 @@ def _table_files(trace_dir: Path, table: str, first_day: str | None = None,
         if (first_day is not None and day < first_day) or (last_day is not None and day > last_day):
             continue
         names = [n for n in os.listdir(part) if n.endswith(".parquet") and not n.startswith(".")]
-        skip = superseded(names)
+        skip = superseded(names) | covered(part, names)
         files.extend(part / n for n in sorted(names) if n not in skip)
     return files
 
@@ -264,12 +313,12 @@ def _read_table(trace_dir: str | Path, table: str, start_ns: int | None, end_ns:
             out = _scan(trace_dir, table, files, flt)
         except FileNotFoundError:
             continue  # a merge deleted its inputs after we listed them: list again
-        # A listing is not a snapshot: if a file we read vanished or a merged file appeared meanwhile,
-        # we may have missed a merged file or read rows twice, so read again.
+        # A listing is not a snapshot: if a file we read vanished or a merged or compacted file appeared
+        # meanwhile, we may have missed it or read rows twice, so read again.
         after = _table_files(trace_dir, table, first_day, last_day)
         before = set(files)
         if before.issubset(after) and not any(
-                merged_segment(p.name) for p in after if p not in before):
+                merged_segment(p.name) or compacted_day(p.name) for p in after if p not in before):
             return out.take(sort_order(out, SORT_KEYS[table]))
     raise TraceError(f"{trace_dir / table}: files kept changing while reading ({_MAX_ATTEMPTS} attempts)")
 

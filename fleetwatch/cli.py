@@ -65,6 +65,14 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--names", choices=("native", "dcgm", "both"))
     rep.add_argument("--data-dir", dest="data_dir", metavar="DIR", help="where the replay is recorded")
     rep.add_argument("--no-record", action="store_true", help="do not record the replay")
+    rpt = sub.add_parser("report", help="render a self-contained HTML report of recorded traces")
+    rpt.add_argument("traces", nargs="+", metavar="TRACE", help="trace directories")
+    rpt.add_argument("-o", "--output", required=True, metavar="FILE", help="the HTML file to write")
+    rpt.add_argument("--start", metavar="T", help="window start: ISO-8601 (naive = UTC) or Unix seconds")
+    rpt.add_argument("--end", metavar="T", help="window end (exclusive), same forms as --start")
+    rpt.add_argument("--top", type=int, default=10, metavar="N", help="unhealthy GPUs to list (default 10)")
+    _add_import_parser(sub)
+    _add_analysis_parsers(sub)
     return ap
 
 
@@ -203,7 +211,157 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    """fleetwatch report."""
+    from collector.trace_io import TraceError
+    from fleetwatch.analysis.query import parse_time
+    from fleetwatch.analysis.report import write_report
+
+    try:
+        start = parse_time(args.start) if args.start else None
+        end = parse_time(args.end) if args.end else None
+        path = write_report(args.traces, args.output, start_ns=start, end_ns=end, top=args.top)
+    except (TraceError, ValueError, OSError) as err:
+        raise ConfigError(f"report: {err}") from err
+    print(f"wrote {path}")
+    return 0
+
+
+def _add_import_parser(sub: Any) -> None:
+    """`fleetwatch import KIND ...`: the importers of collector/importers."""
+    imp = sub.add_parser("import", help="import nvidia-smi logs, exposition snapshots, Prometheus or kernel logs")
+    kinds = imp.add_subparsers(dest="kind", required=True, metavar="KIND")
+
+    def kind(name: str, help: str, sources: bool = True) -> argparse.ArgumentParser:
+        p = kinds.add_parser(name, help=help)
+        if sources:
+            p.add_argument("sources", nargs="+", metavar="SOURCE")
+        p.add_argument("-o", "--output", required=True, metavar="TRACE_DIR",
+                       help="trace to create, or to add files to")
+        p.add_argument("--on-error", dest="on_error", choices=("fail", "skip"), default="fail",
+                       help="fail: stop and write nothing (default); skip: skip bad lines and count them")
+        p.add_argument("--node", help="node name where the input does not say (default: 'imported')")
+        return p
+
+    tz_help = "zone of the input's local wall-clock times: IANA name, +HH:MM or local (default UTC)"
+    smi = kind("nvidia-smi", "nvidia-smi --query-gpu --format=csv logs")
+    smi.add_argument("--fields", metavar="LIST", help="the --query-gpu field list of a noheader log")
+    smi.add_argument("--timezone", help=tz_help)
+    kind("smi-q", "nvidia-smi -q text dumps").add_argument("--timezone", help=tz_help)
+    kind("exposition", "Prometheus text snapshots (dcgm-exporter, node_exporter, fleetwatch)").add_argument(
+        "--time", metavar="T", help="snapshot time for samples without one (default: the file's mtime)")
+    prom = kind("prometheus", "series from a Prometheus server's range-query API", sources=False)
+    prom.add_argument("--url", required=True, help="Prometheus base URL, e.g. http://prometheus:9090")
+    prom.add_argument("--match", action="append", required=True, metavar="SELECTOR",
+                      help="series selector, e.g. '{__name__=~\"DCGM_.*\"}' (repeatable)")
+    prom.add_argument("--start", required=True, metavar="T",
+                      help="RFC 3339, Unix seconds, now, now-1h (or --start=-1h)")
+    prom.add_argument("--end", default="now", metavar="T", help="same forms as --start (default now)")
+    prom.add_argument("--step", default="15s", help="resolution (default 15s)")
+    prom.add_argument("--chunk", default="1h", help="time range per request (default 1h)")
+    prom.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    prom.add_argument("--retries", type=int, default=5, help="retries on 5xx or connection errors (default 5)")
+    prom.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS", help="per request (default 60)")
+    klog = kind("kernel-log", "NVRM Xid lines of dmesg, journal or kern.log text")
+    klog.add_argument("--year", type=int, help="year of syslog timestamps (default: the file's mtime year)")
+    klog.add_argument("--boot-time", dest="boot_time", metavar="T",
+                      help="boot time, for [seconds since boot] timestamps")
+    klog.add_argument("--timezone", help=tz_help)
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    """fleetwatch import."""
+    from collector.importers import InputError, run_import
+
+    skip = {"command", "kind", "sources", "output", "log_level"}
+    options = {k: v for k, v in vars(args).items() if k not in skip and v is not None}
+    try:
+        summary = run_import(args.kind, getattr(args, "sources", []), args.output, **options)
+    except (InputError, OSError) as err:
+        raise ConfigError(f"import {args.kind}: {err}") from err
+    print(summary)
+    return 0
+
+
+def _add_analysis_parsers(sub: Any) -> None:
+    """`fleetwatch analyze` and `fleetwatch compact`."""
+    an = sub.add_parser("analyze", help="per-GPU (or per-node) energy, power, thermal and error summary of traces")
+    an.add_argument("traces", nargs="+", metavar="TRACE", help="trace directories")
+    an.add_argument("--format", choices=("table", "csv", "json", "parquet"), default="table")
+    an.add_argument("-o", "--output", metavar="FILE", help="write to FILE instead of stdout (parquet needs it)")
+    an.add_argument("--by", choices=("gpu", "node"), default="gpu", help="one record per GPU (default) or node")
+    an.add_argument("--window", metavar="DURATION", help="one record per window too, e.g. 1h (epoch-aligned)")
+    an.add_argument("--start", metavar="T", help="ISO-8601 (naive = UTC) or Unix seconds")
+    an.add_argument("--end", metavar="T", help="exclusive; same forms as --start")
+    an.add_argument("--node", action="append", metavar="N", help="only this node (repeatable)")
+    an.add_argument("--gpu", action="append", metavar="G", help="only this GPU: UUID or NODE/INDEX (repeatable)")
+    an.add_argument("--idle-power", dest="idle_power", type=float, metavar="WATTS",
+                    help="idle_powered_s counts time above this draw at < 5%% utilisation (default 100)")
+    cp = sub.add_parser("compact", help="merge each finished day of a trace into one file; apply retention")
+    cp.add_argument("trace_dir", metavar="TRACE_DIR")
+    cp.add_argument("--retention-age", dest="retention_age", metavar="DURATION",
+                    help="delete whole days older than this, e.g. 30d")
+    cp.add_argument("--retention-size", dest="retention_size", metavar="SIZE",
+                    help="then delete the oldest days outside the age window until the trace fits, e.g. 10GiB")
+    cp.add_argument("--all", dest="all_days", action="store_true",
+                    help="also compact today's partition (only when no recorder is writing the trace)")
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    """fleetwatch analyze."""
+    from collector.trace_io import TraceError
+    from fleetwatch.analysis import query
+    from fleetwatch.config import parse_duration
+
+    if args.format == "parquet" and not args.output:
+        raise ConfigError("analyze: --format parquet needs -o FILE")
+    try:
+        window = parse_duration(args.window) if args.window else None
+        start = query.parse_time(args.start) if args.start else None
+        end = query.parse_time(args.end) if args.end else None
+        extra = {"idle_power_w": args.idle_power} if args.idle_power is not None else {}
+        table = query.analyze(args.traces, start_ns=start, end_ns=end, nodes=args.node, gpus=args.gpu,
+                              window_s=window, by=args.by, **extra)
+    except (TraceError, ValueError) as err:
+        raise ConfigError(f"analyze: {err}") from err
+    try:
+        if args.format == "parquet":
+            query.write_parquet(table, args.output)
+            return 0
+        text = {"table": query.to_text, "csv": query.to_csv,
+                "json": lambda t: json.dumps(query.to_records(t), indent=1) + "\n"}[args.format](table)
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as f:
+                f.write(text)
+        else:
+            sys.stdout.write(text)
+    except OSError as err:
+        raise ConfigError(f"analyze: cannot write {args.output}: {err}") from err
+    return 0
+
+
+def cmd_compact(args: argparse.Namespace) -> int:
+    """fleetwatch compact."""
+    from collector.compact import compact
+    from collector.trace_io import TraceError
+    from fleetwatch.config import parse_duration, parse_size
+
+    try:
+        age = parse_duration(args.retention_age) if args.retention_age else None
+        size = parse_size(args.retention_size) if args.retention_size else None
+        report = compact(args.trace_dir, retention_age_s=age, retention_bytes=size, all_days=args.all_days)
+    except (TraceError, ValueError, OSError) as err:
+        raise ConfigError(f"compact: {err}") from err
+    for line in report.lines():
+        print(line, file=sys.stderr if line.startswith("error:") else sys.stdout)
+    return 1 if report.errors else 0
+
+
 COMMANDS = {"run": cmd_run, "collect": cmd_collect, "simulate": cmd_simulate, "replay": cmd_replay}
+COMMANDS["report"] = cmd_report
+COMMANDS["import"] = cmd_import
+COMMANDS["analyze"] = cmd_analyze
+COMMANDS["compact"] = cmd_compact
 
 
 def main(argv: list[str] | None = None) -> int:
