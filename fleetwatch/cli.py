@@ -77,20 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_time_ns(text: str) -> int:
-    """RFC 3339 (2026-01-01T00:00:00Z) or Unix seconds → Unix nanoseconds."""
-    import datetime as dt
+    """RFC 3339 / ISO-8601 (naive = UTC) or Unix seconds → Unix nanoseconds; ConfigError when neither."""
+    from fleetwatch.analysis.query import parse_time
 
     try:
-        return int(float(text) * 1e9)
-    except ValueError:
-        pass
-    try:
-        t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        raise ConfigError(f"cannot parse time {text!r}: use RFC 3339 (2026-01-01T00:00:00Z) or Unix seconds") from None
-    if t.tzinfo is None:
-        t = t.replace(tzinfo=dt.UTC)
-    return int(t.timestamp() * 1e9)
+        return parse_time(text)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -357,11 +350,10 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
-COMMANDS = {"run": cmd_run, "collect": cmd_collect, "simulate": cmd_simulate, "replay": cmd_replay}
-COMMANDS["report"] = cmd_report
-COMMANDS["import"] = cmd_import
-COMMANDS["analyze"] = cmd_analyze
-COMMANDS["compact"] = cmd_compact
+COMMANDS = {
+    "run": cmd_run, "collect": cmd_collect, "simulate": cmd_simulate, "replay": cmd_replay,
+    "import": cmd_import, "analyze": cmd_analyze, "report": cmd_report, "compact": cmd_compact,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

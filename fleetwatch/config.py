@@ -93,6 +93,9 @@ class RecordConfig(BaseModel):
     flush_interval: Duration = 10.0
     rotate_interval: Duration = 3600.0
     rotate_size: Size = 64 * 1024**2
+    compact_interval: Duration = 3600.0          # merge finished days and apply retention this often
+    retention_age: Duration | None = None        # keep days younger than this (None: forever)
+    retention_size: Size | None = None           # and at most this many bytes (None: no limit)
 
 
 class Config(BaseModel):

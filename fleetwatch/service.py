@@ -251,7 +251,13 @@ async def run_service(svc: Service, stop: asyncio.Event | None = None, announce:
     await svc.agent.start(stop)
     tasks: list[asyncio.Task[Any]] = []
     if svc.recorder is not None:
+        from collector.compact import Retention, compact_loop
+
         tasks.append(asyncio.create_task(svc.recorder.run(stop), name="recorder"))
+        rec = svc.config.record
+        tasks.append(asyncio.create_task(compact_loop(
+            svc.recorder.data_dir, stop, rec.compact_interval, Retention(rec.retention_age, rec.retention_size),
+            clock=svc.clock), name="compaction"))
     if svc.simulator is not None and svc.recorder is not None:
         tasks.append(asyncio.create_task(_ground_truth_loop(svc, stop), name="ground-truth"))
     if announce:

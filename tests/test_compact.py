@@ -315,6 +315,15 @@ def test_superseded_hot_files_are_replaced_and_removed(tmp_path: Path) -> None:
     assert os.listdir(part) == ["day-2026-01-01.parquet"] and _snapshot(trace) == before
 
 
+def test_a_day_file_with_a_bad_replaced_list_is_a_trace_error(recorded: Path) -> None:
+    compact(recorded, now_ns=NOW)
+    f = recorded / "metrics" / "date=2026-01-02" / "day-2026-01-02.parquet"
+    t = pq.read_table(f)
+    pq.write_table(t.replace_schema_metadata({**t.schema.metadata, COMPACTED_FROM_KEY: b"{not json"}), f)
+    with pytest.raises(TraceError, match=r"day-2026-01-02\.parquet: bad fleetwatch\.compacted_from"):
+        read_metrics(recorded)
+
+
 def test_bad_retention_values_are_errors(recorded: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="retention age"):
         compact(recorded, retention_age_s=-1)

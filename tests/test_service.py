@@ -59,3 +59,28 @@ def test_bad_inject_is_a_config_error(tmp_path: Path, inject: str, needle: str) 
     cfg = load_config(overrides={"simulate": "1x2", "inject": [inject], "data_dir": str(tmp_path)}, environ={})
     with pytest.raises(ConfigError, match=needle):
         build_service(cfg)
+
+
+async def test_service_compacts_and_applies_retention_on_schedule(tmp_path: Path) -> None:
+    from collector.sim.offline import generate_trace
+    from collector.trace_io import list_trace_files
+
+    traces = tmp_path / "traces"
+    generate_trace(traces, nodes=1, gpus_per_node=1, days=2, seed=1, interval_s=3600)  # January 2026: old
+    assert any("date=2026-01-01" in str(p) for p in list_trace_files(traces, "metrics"))
+    cfg = load_config(overrides={
+        "simulate": "1x1", "listen": f"127.0.0.1:{free_port()}", "data_dir": str(tmp_path),
+        "record": {"compact_interval": "1h", "retention_age": "30d"}}, environ={})
+    svc = build_service(cfg)
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(svc, stop, announce=False))
+    try:
+        for _ in range(100):            # the first compaction pass runs at start
+            if not any("date=2026-01" in str(p) for p in list_trace_files(traces, "metrics")):
+                break
+            await asyncio.sleep(0.1)
+        assert not any("date=2026-01" in str(p) for p in list_trace_files(traces, "metrics"))
+    finally:
+        stop.set()
+        await task
+    assert list_trace_files(traces, "metrics")        # today's recording is kept

@@ -7,15 +7,20 @@ into Unix nanoseconds with epoch_ns() so the arithmetic is exact whatever timest
 
 How the per-GPU numbers are computed (one record per GPU, or per GPU and window):
 
-- The GPU's readings are pivoted to one row per sample timestamp. Each sample stands for the time since the
-  previous one (`dt`); a gap longer than GAP_FACTOR × the GPU's median interval counts as one median interval,
-  so an outage is neither throttled nor idle time. The first sample also counts one median interval.
+- samples: the GPU's sample instants (the most readings of any one of its series); start/end: its first
+  and last reading in the selection.
+- Power, utilisation, clock-event reasons and the energy counter are pivoted to one row per sample instant.
+  Each instant stands for the time since the previous one (`dt`); a gap longer than GAP_FACTOR × the GPU's
+  median interval counts as one median interval, so an outage is neither throttled nor idle time. The
+  first instant also counts one median interval.
 - energy_kwh: the increase of fleetwatch_gpu_energy_joules_total where the GPU has it (sum of positive
   deltas; a negative delta is a counter reset and the new value is the increase, as Prometheus' increase()
   does), else the trapezoid integral of the power samples, never across a gap.
 - Counters (ECC, row remaps, retired pages, PCIe replays, NVLink CRC) are reset-aware increases the same
   way; null when the GPU never reported the counter. ecc_* use the volatile counters, the aggregate ones when
-  the volatile are absent.
+  the volatile are absent. Increases start at the first sample in the selection (what happened before
+  start_ns is not counted); with windows, an increase belongs to the window of its later sample, so the
+  windows add up to the whole selection.
 - throttled_s: time with any clock-event reason bit set other than THROTTLE_EXEMPT; throttled_s_<reason>:
   time with that bit set.
 - idle_powered_s: time with utilisation below IDLE_UTIL while drawing more than the idle power threshold
@@ -23,6 +28,10 @@ How the per-GPU numbers are computed (one record per GPU, or per GPU and window)
 - joules_per_util_hour: energy in joules over Σ utilisation × dt in hours (null when never utilised).
 - *_per_day rates: the count over the GPU's observed span (last − first sample + one median interval).
 - xid_count: events of kind "xid" on the GPU in the selected time range (and window).
+
+by="node": extensive figures (energy, counts, seconds) are sums over the node's GPUs; node power is the sum
+of its GPUs' power at each instant, then its mean, p95 and max; util_mean and temp_mean_c are means over
+all the GPUs' samples; samples counts the node's instants. Windows are aligned to the Unix epoch.
 """
 
 from __future__ import annotations
@@ -124,7 +133,8 @@ def _trace_dirs(traces: Iterable[str | Path]) -> list[Path]:
             raise TraceError(f"{p}: no such trace directory")
         if not any((p / d).is_dir() for d in (METRICS_DIR, EVENTS_DIR, ENTITIES_DIR, GROUND_TRUTH_DIR)):
             raise TraceError(f"{p}: not a fleetwatch trace (no metrics/, events/ or entities/ directory)")
-        out.append(p)
+        if all(p.resolve() != q.resolve() for q in out):     # the same trace twice would count twice
+            out.append(p)
     if not out:
         raise TraceError("no trace directory given")
     return out
@@ -257,9 +267,14 @@ def _arrow(rel: duckdb.DuckDBPyRelation | duckdb.DuckDBPyConnection) -> pa.Table
 
 def _gpu_index(con: duckdb.DuckDBPyConnection) -> pa.Table:
     """(node, uuid, gpu) for every GPU in the entities tables, the index parsed from its labels."""
-    rows = con.execute("SELECT DISTINCT node, entity, labels FROM entities WHERE kind = 'gpu'").fetchall()
+    rows = con.execute("SELECT DISTINCT node, entity, labels FROM entities WHERE kind = 'gpu' "
+                       "ORDER BY node, entity, labels").fetchall()
     node, uuid, gpu = [], [], []
+    seen: set[tuple[str, str]] = set()
     for n, e, labels in rows:
+        if (n, e) in seen:
+            continue            # relabelled (a driver update) or in several traces: one index is enough
+        seen.add((n, e))
         try:
             index = json.loads(labels).get("gpu")
             value = int(index) if index is not None else None
@@ -509,10 +524,23 @@ def _node_select(window: bool) -> str:
     max(temp_max_c) AS temp_max_c, max(mem_temp_max_c) AS mem_temp_max_c, {sums}
   FROM g GROUP BY node, wstart
 ),
+-- An instant of a node: its GPUs' readings closer together than half a sampling interval. The recorder
+-- stamps a node's GPUs alike; nvidia-smi logs stamp each GPU's line a few milliseconds apart.
+node_tol AS (SELECT node, coalesce(min(med), 0) / 2 AS tol FROM step GROUP BY node),
+node_t AS (
+  SELECT r.node, r.t, min(r.wstart) AS wstart, sum(r.p) AS w,
+    CASE WHEN r.t - lag(r.t) OVER (PARTITION BY r.node ORDER BY r.t) <= any_value(nt.tol) THEN 0 ELSE 1 END
+      AS starts
+  FROM rows r JOIN node_tol nt ON nt.node = r.node WHERE r.p IS NOT NULL GROUP BY r.node, r.t
+),
+node_i AS (
+  SELECT node, wstart, w, sum(starts) OVER (PARTITION BY node ORDER BY t ROWS UNBOUNDED PRECEDING) AS inst
+  FROM node_t
+),
 node_power AS (
   SELECT node, wstart, count(*) AS instants, avg(w) AS power_mean_w, quantile_cont(w, 0.95) AS power_p95_w,
     max(w) AS power_max_w
-  FROM (SELECT node, wstart, t, sum(p) AS w FROM rows WHERE p IS NOT NULL GROUP BY node, wstart, t)
+  FROM (SELECT node, min(wstart) AS wstart, sum(w) AS w FROM node_i GROUP BY node, inst)
   GROUP BY node, wstart
 ),
 node_xid AS (SELECT node, wstart, sum(xid_count) AS xid_count FROM xid GROUP BY node, wstart),

@@ -186,6 +186,17 @@ def test_by_node_sums_gpus_per_instant(fleet: Path) -> None:
     assert "uuid" not in n
 
 
+def test_node_power_joins_gpu_readings_a_few_ms_apart(tmp_path: Path) -> None:
+    """nvidia-smi stamps each GPU's line separately: one node instant, not one per GPU."""
+    trace = tmp_path / "smi"
+    rows = series("node-0", A, POWER, [100, 200, 300], step_s=5)
+    rows += series("node-0", B, POWER, [10, 20, 30], step_s=5, start_ns=DAY0 + 3_000_000)
+    write_metrics(trace, rows)
+    (n,) = analyze([trace], by="node").to_pylist()
+    assert n["samples"] == 3 and n["power_max_w"] == 330
+    assert n["power_mean_w"] == pytest.approx(220)
+
+
 def test_gpu_selection_by_uuid_and_node_index_and_node(tmp_path: Path, fleet: Path) -> None:
     other = tmp_path / "other"
     _other(other)
@@ -193,6 +204,7 @@ def test_gpu_selection_by_uuid_and_node_index_and_node(tmp_path: Path, fleet: Pa
     assert set(_by_uuid(analyze([fleet, other], gpus=["node-0/1"]))) == {B}
     assert set(_by_uuid(analyze([fleet, other], gpus=[C, "node-0/0"]))) == {A, C}
     assert set(_by_uuid(analyze([fleet, other], nodes=["node-1"]))) == {C}
+    assert analyze([fleet, other, fleet]).equals(analyze([fleet, other]))
     assert _by_uuid(analyze([fleet, other]))[C]["xid_count"] == 1
     with pytest.raises(ValueError, match="no GPU 7 on node 'node-0'"):
         analyze([fleet], gpus=["node-0/7"])
