@@ -19,7 +19,6 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from collector.batch import Batch, Entity, Event, entity_from_record
@@ -29,7 +28,8 @@ from collector.trace_io import TraceError, list_trace_files, read_entities, read
 
 log = logging.getLogger(__name__)
 
-CHUNK_S = 600.0            # trace time read per chunk: bounds memory for long traces
+CHUNK_S = 3600.0           # trace time read per chunk: bounds memory for long traces
+MIN_INTERVAL_S = 0.25      # at high speed, update at most 4 times a wall second (Prometheus scrapes slower)
 STALE_INTERVALS = 3.0      # as the live exporter: nothing older than three intervals is served
 REASONS_METRIC = "fleetwatch_gpu_clock_event_reasons"
 
@@ -61,17 +61,28 @@ def trace_span(traces: Sequence[str | Path]) -> TraceSpan:
             hi = mx if hi is None else max(hi, mx)
     if lo is None or hi is None:
         raise TraceError(f"{files[0]}: no timestamp statistics; cannot replay")
-    # The interval from the first minute of data: median gap between a series' samples.
-    head = _read(traces, lo, min(hi + 1, lo + 60 * 10**9))
-    gaps = []
-    if head.num_rows:
-        key = pc.binary_join_element_wise(pc.cast(head["entity"], pa.string()), pc.cast(head["metric"], pa.string()),
-                                          "|").to_numpy(zero_copy_only=False)
-        ts = head["ts"].cast(pa.int64()).to_numpy()
-        same = key[1:] == key[:-1]
-        gaps = np.diff(ts)[same & (np.diff(ts) > 0)]
-    interval = float(np.median(gaps)) / 1e9 if len(gaps) else 1.0
-    return TraceSpan(lo, hi, interval)
+    return TraceSpan(lo, hi, _median_interval(files))
+
+
+def _median_interval(files: Sequence[Path]) -> float:
+    """Median gap between consecutive samples of a series, from the head of the first file.
+
+    Files are sorted by (node, entity, metric, ts), so a series' samples are adjacent rows.
+    """
+    gaps: list[np.ndarray] = []
+    for f in files[:4]:
+        pf = pq.ParquetFile(f)
+        batch = next(pf.iter_batches(batch_size=20_000, columns=["node", "entity", "metric", "ts"]), None)
+        if batch is None:
+            continue
+        key = np.array([f"{n}|{e}|{m}" for n, e, m in zip(batch.column("node").to_pylist(),
+                                                        batch.column("entity").to_pylist(),
+                                                        batch.column("metric").to_pylist(), strict=True)])
+        ts = batch.column("ts").cast(pa.int64()).to_numpy()
+        d = np.diff(ts)
+        gaps.append(d[(key[1:] == key[:-1]) & (d > 0)])
+    allg = np.concatenate(gaps) if gaps else np.zeros(0)
+    return float(np.median(allg)) / 1e9 if len(allg) else 1.0
 
 
 def _read(traces: Sequence[str | Path], start_ns: int, end_ns: int) -> pa.Table:
@@ -90,9 +101,10 @@ class ReplaySource(Source):
         self.span = span or trace_span(self.traces)
         self.start_ns = max(self.span.start_ns, start_ns or self.span.start_ns)
         self.end_ns = min(self.span.end_ns, end_ns) if end_ns is not None else self.span.end_ns
-        self.interval = max(0.001, self.span.interval_s / speed)
+        self.interval = max(MIN_INTERVAL_S, self.span.interval_s / speed)
         self.timeout = max(5.0, self.interval * 3)
-        self.stale_ns = int(STALE_INTERVALS * self.span.interval_s * 1e9)
+        # Trace time between updates can exceed the recorded interval at high speed: stay fresh across it.
+        self.stale_ns = int(STALE_INTERVALS * max(self.span.interval_s, self.interval * speed) * 1e9)
         self._entities = self._load_entities()
         self._series: dict[tuple[str, str, str], int] = {}
         self._series_metric: list[str] = []

@@ -69,3 +69,24 @@ def test_bad_config_exits_2_with_the_key(tmp_path: Path) -> None:
 def test_bad_inject_exits_2() -> None:
     res = fleetwatch("simulate", "--nodes", "1", "--gpus", "1", "--inject", "nope@node-0/0+1s", "-o", "/tmp/x")
     assert res.returncode == 2 and "unknown fault kind" in res.stderr
+
+
+def test_replay_of_a_simulated_trace_runs_to_the_end_and_records(tmp_path: Path) -> None:
+    from tests.test_e2e_prometheus import free_port
+
+    out = tmp_path / "trace"
+    assert fleetwatch("simulate", "--nodes", "1", "--gpus", "2", "--days", "0.05", "--interval", "60",
+                      "-o", str(out)).returncode == 0
+    res = fleetwatch("replay", str(out), "--speed", "2400", "--listen", f"127.0.0.1:{free_port()}",
+                     "--data-dir", str(tmp_path / "replayed"))
+    assert res.returncode == 0, res.stderr
+    assert "replay finished (60 s interval" in res.stdout
+    replayed = read_metrics(tmp_path / "replayed" / "traces", metrics=["fleetwatch_gpu_power_watts"])
+    assert replayed.num_rows > 0
+    assert set(replayed.column("entity").to_pylist()) == set(
+        read_metrics(out, metrics=["fleetwatch_gpu_power_watts"]).column("entity").to_pylist())
+
+
+def test_replay_of_a_non_trace_exits_2(tmp_path: Path) -> None:
+    res = fleetwatch("replay", str(tmp_path), "--no-record")
+    assert res.returncode == 2 and "no metrics files" in res.stderr
