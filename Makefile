@@ -16,11 +16,12 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	touch $@
 
 # Prometheus and Alertmanager come from Debian's packages; the tests start them on loopback. Chromium
-# (headless) opens the HTML report in its test.
+# (headless) opens the HTML report in its test; systemd-analyze verifies the unit files in deploy/.
 system-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v amtool >/dev/null \
-	  && command -v prometheus-alertmanager >/dev/null && command -v chromium >/dev/null || { \
-	    $(APT) update -qq && $(APT) install -y -qq prometheus prometheus-alertmanager chromium; }
+	  && command -v prometheus-alertmanager >/dev/null && command -v chromium >/dev/null \
+	  && command -v systemd-analyze >/dev/null || { \
+	    $(APT) update -qq && $(APT) install -y -qq prometheus prometheus-alertmanager chromium systemd; }
 	@# Debian starts the packaged daemons; the tests run their own on loopback ports.
 	@-systemctl disable --now prometheus prometheus-alertmanager prometheus-node-exporter >/dev/null 2>&1 || true
 

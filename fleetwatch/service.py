@@ -163,13 +163,16 @@ def build_service(cfg: Config) -> Service:
         clock = WallClock()
         ctx = SourceContext(node=cfg.node, clock=clock, proc_root=cfg.proc_root, sys_root=cfg.sys_root,
                             rootfs=cfg.rootfs)
-        gpu_src = NvmlSource(ctx, interval=gpu_cfg.interval or 1.0, timeout=gpu_cfg.timeout or 5.0)
-        sources.append(gpu_src)
-        kl = _host_source("kernel_xid", cfg, ctx, simulating=False, default=True)
-        if kl is not None:
-            # Unless configured explicitly, it stands by as the fallback for NVML's event API.
-            sources.append(kl if cfg.source("kernel_xid").enabled else KernelXidFallback(kl, gpu_src))
         mode = "nvml"
+        if gpu_cfg.enabled is False:          # a central service has no GPUs of its own
+            mode = "no local GPU source"
+        else:
+            gpu_src = NvmlSource(ctx, interval=gpu_cfg.interval or 1.0, timeout=gpu_cfg.timeout or 5.0)
+            sources.append(gpu_src)
+            kl = _host_source("kernel_xid", cfg, ctx, simulating=False, default=True)
+            if kl is not None:
+                # Unless configured explicitly, it stands by as the fallback for NVML's event API.
+                sources.append(kl if cfg.source("kernel_xid").enabled else KernelXidFallback(kl, gpu_src))
     host_ctx = SourceContext(node=cfg.node, clock=clock, proc_root=cfg.proc_root, sys_root=cfg.sys_root,
                              rootfs=cfg.rootfs)
     for name in HOST_SOURCES:

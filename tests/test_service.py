@@ -84,3 +84,23 @@ async def test_service_compacts_and_applies_retention_on_schedule(tmp_path: Path
         stop.set()
         await task
     assert list_trace_files(traces, "metrics")        # today's recording is kept
+
+
+async def test_central_config_runs_without_local_sources_and_is_ready(tmp_path: Path) -> None:
+    from tests.test_deploy import ROOT as REPO
+
+    port = free_port()
+    cfg = load_config(REPO / "deploy" / "config" / "central.yml",
+                      {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path)}, environ={})
+    svc = build_service(cfg)
+    assert svc.agent.states == {}
+    stop = asyncio.Event()
+    task = asyncio.create_task(run_service(svc, stop, announce=False))
+    try:
+        await svc.agent.started.wait()
+        async with aiohttp.ClientSession() as http:
+            ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+            assert ready.status == 200 and "no local sources" in await ready.text()
+    finally:
+        stop.set()
+        await task
