@@ -1,1 +1,1 @@
-"""dashboards package (later issues)."""
+"""fleetwatch's Grafana dashboards, built as code with grafana-foundation-sdk (see dashboards.export)."""

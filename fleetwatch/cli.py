@@ -73,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     rpt.add_argument("--top", type=int, default=10, metavar="N", help="unhealthy GPUs to list (default 10)")
     _add_import_parser(sub)
     _add_analysis_parsers(sub)
+    _add_dashboards_parser(sub)
     return ap
 
 
@@ -350,9 +351,57 @@ def cmd_compact(args: argparse.Namespace) -> int:
     return 1 if report.errors else 0
 
 
+def _add_dashboards_parser(sub: Any) -> None:
+    """`fleetwatch dashboards export|push`: the Grafana dashboards of dashboards/."""
+    dash = sub.add_parser("dashboards", help="export or push the Grafana dashboards")
+    acts = dash.add_subparsers(dest="action", required=True)
+    ex = acts.add_parser("export", help="write dashboard JSON and Grafana provisioning files to DIR")
+    ex.add_argument("dir", metavar="DIR")
+    ex.add_argument("--names", choices=("native", "dcgm", "both"), default="native",
+                    help="metric names the queries use (both: two sets of dashboards)")
+    ex.add_argument("--dashboards-path", dest="dashboards_path", default=None, metavar="PATH",
+                    help="where Grafana will find the JSON (provider path)")
+    ex.add_argument("--prometheus-url", dest="prometheus_url", default=None, metavar="URL")
+    pu = acts.add_parser("push", help="upload the dashboards to Grafana, overwriting by uid")
+    pu.add_argument("--url", required=True, help="Grafana base URL")
+    pu.add_argument("--token", required=True, help="service-account token")
+    pu.add_argument("--folder", default="fleetwatch", help="folder uid and title (default fleetwatch)")
+    pu.add_argument("--names", choices=("native", "dcgm", "both"), default="native")
+
+
+def cmd_dashboards(args: argparse.Namespace) -> int:
+    """fleetwatch dashboards export|push."""
+    from dashboards.export import DEFAULT_DASHBOARDS_PATH, DEFAULT_PROMETHEUS_URL, build_all, export
+
+    names = ("native", "dcgm") if args.names == "both" else (args.names,)
+    if args.action == "export":
+        from pathlib import Path
+
+        try:
+            paths = export(Path(args.dir), names, args.dashboards_path or DEFAULT_DASHBOARDS_PATH,
+                           args.prometheus_url or DEFAULT_PROMETHEUS_URL)
+        except OSError as err:
+            raise ConfigError(f"dashboards export: {err}") from err
+        print(f"wrote {len(paths)} files to {args.dir}")
+        return 0
+    from grafana_client.client import GrafanaException
+
+    from dashboards.push import push
+
+    try:
+        results = push(args.url, args.token, [m for n in names for m in build_all(n)], args.folder)
+    except GrafanaException as err:
+        print(f"fleetwatch: dashboards push: Grafana said {err.status_code}: {err.message}", file=sys.stderr)
+        return 1
+    for r in results:
+        print(f"{r.change:9} {r.uid}  {r.title}")
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run, "collect": cmd_collect, "simulate": cmd_simulate, "replay": cmd_replay,
     "import": cmd_import, "analyze": cmd_analyze, "report": cmd_report, "compact": cmd_compact,
+    "dashboards": cmd_dashboards,
 }
 
 
