@@ -48,6 +48,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from collector.clock import Clock, WallClock
+from collector.fsync import fsync_dir as _fsync_dir
+from collector.fsync import fsync_file as _fsync_file
 from collector.trace import ENTITIES_DIR, EVENTS_DIR, GROUND_TRUTH_DIR, METRICS_DIR
 from collector.trace_io import (
     COMPACTED_FROM_KEY,
@@ -136,20 +138,8 @@ def _size(n: int) -> str:
 # --- files ----------------------------------------------------------------------------------------
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _file_size(path: Path) -> int:

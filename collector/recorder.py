@@ -32,6 +32,8 @@ import pyarrow.parquet as pq
 from collector.batch import Batch, entity_record
 from collector.catalogue import METRICS, spec
 from collector.clock import Clock
+from collector.fsync import fsync_dir as _fsync_dir
+from collector.fsync import fsync_file as _fsync_file
 from collector.trace import (
     ENTITIES_DIR,
     ENTITIES_FILE,
@@ -80,22 +82,8 @@ class _Buffer:
     e_detail: list[str] = field(default_factory=list)
 
 
-def _fsync_file(path: Path) -> None:
-    """Force a file's contents to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    """Force a directory's entries (renames, creations, deletions) to disk."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _encode(plain: pa.Table, schema: pa.Schema) -> pa.Table:

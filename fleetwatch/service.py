@@ -181,6 +181,12 @@ def build_service(cfg: Config) -> Service:
             sources.append(s)
 
     agent = Agent(sources, clock=clock)
+    exporter, recorder = _outputs(cfg, agent)
+    return Service(cfg, clock, agent, exporter, recorder, simulator, mode, notes)
+
+
+def _outputs(cfg: Config, agent: Agent) -> tuple[Exporter, Any]:
+    """The exporter and (when recording) the recorder, both fed by the agent."""
     web_config = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
     exporter = Exporter(agent, names=cfg.names, web_config=web_config)
     recorder = None
@@ -192,7 +198,7 @@ def build_service(cfg: Config) -> Service:
                             flush_interval_s=cfg.record.flush_interval,
                             rotate_interval_s=cfg.record.rotate_interval, rotate_bytes=cfg.record.rotate_size)
         agent.subscribe(recorder.add)
-    return Service(cfg, clock, agent, exporter, recorder, simulator, mode, notes)
+    return exporter, recorder
 
 
 def build_replay_service(cfg: Config, traces: list[str], speed: float, start_ns: int | None = None,
@@ -210,16 +216,7 @@ def build_replay_service(cfg: Config, traces: list[str], speed: float, start_ns:
         raise ConfigError(str(err)) from err
     clock = ScaledClock(speed, start_ns=source.start_ns)
     agent = Agent([source], clock=clock)
-    web_config = load_web_config(cfg.web_config_file) if cfg.web_config_file else None
-    exporter = Exporter(agent, names=cfg.names, web_config=web_config)
-    recorder = None
-    if cfg.record.enabled:
-        from collector.recorder import Recorder
-
-        recorder = Recorder(Path(cfg.data_dir) / "traces", clock=WallClock(),
-                            flush_interval_s=cfg.record.flush_interval,
-                            rotate_interval_s=cfg.record.rotate_interval, rotate_bytes=cfg.record.rotate_size)
-        agent.subscribe(recorder.add)
+    exporter, recorder = _outputs(cfg, agent)
     mode = f"replay of {', '.join(traces)} at {speed:g}x ({(source.end_ns - source.start_ns) / 1e9 / speed:.0f} s)"
     return Service(cfg, clock, agent, exporter, recorder, None, mode), source
 

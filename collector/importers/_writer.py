@@ -45,6 +45,8 @@ import pyarrow.parquet as pq
 
 from collector.batch import Entity, Event, entity_record
 from collector.catalogue import BY_NAME
+from collector.fsync import fsync_dir as _fsync_dir
+from collector.fsync import fsync_file as _fsync_file
 from collector.trace import (
     ENTITIES_DIR,
     ENTITIES_FILE,
@@ -156,20 +158,8 @@ def progress_bar(total: int | None, desc: str, unit: str = "B") -> Any:
                 disable=not sys.stderr.isatty())
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _link_no_replace(src: Path, dst: Path) -> None:
