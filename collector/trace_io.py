@@ -362,27 +362,25 @@ def read_events(trace_dir: str | Path, start_ns: int | None = None, end_ns: int 
     return _read_table(trace_dir, EVENTS_DIR, start_ns, end_ns, flt)
 
 
-def read_ground_truth(trace_dir: str | Path) -> pa.Table | None:
-    """The simulator's ground-truth table, or None when the trace has none."""
-    path = Path(trace_dir) / GROUND_TRUTH_DIR / GROUND_TRUTH_FILE
+def _read_single(trace_dir: str | Path, table: str, name: str) -> pa.Table | None:
+    """A one-file table (ground truth, entities), or None when the trace has none."""
+    path = Path(trace_dir) / table / name
+    schema = SCHEMAS[table]
     try:
-        check_file(path, GROUND_TRUTH_DIR)
-        table = pq.read_table(path, schema=GROUND_TRUTH_SCHEMA)
+        check_file(path, table)
+        data = pq.read_table(path, schema=schema)
     except FileNotFoundError:
         return None
     except (pa.ArrowException, OSError) as err:
         raise TraceError(f"{path}: corrupt data ({err})") from err
-    return table.replace_schema_metadata(GROUND_TRUTH_SCHEMA.metadata)
+    return data.replace_schema_metadata(schema.metadata)
+
+
+def read_ground_truth(trace_dir: str | Path) -> pa.Table | None:
+    """The simulator's ground-truth table, or None when the trace has none."""
+    return _read_single(trace_dir, GROUND_TRUTH_DIR, GROUND_TRUTH_FILE)
 
 
 def read_entities(trace_dir: str | Path) -> pa.Table | None:
     """The entities table (identity labels of every entity), or None when the trace has none."""
-    path = Path(trace_dir) / ENTITIES_DIR / ENTITIES_FILE
-    try:
-        check_file(path, ENTITIES_DIR)
-        table = pq.read_table(path, schema=ENTITIES_SCHEMA)
-    except FileNotFoundError:
-        return None
-    except (pa.ArrowException, OSError) as err:
-        raise TraceError(f"{path}: corrupt data ({err})") from err
-    return table.replace_schema_metadata(ENTITIES_SCHEMA.metadata)
+    return _read_single(trace_dir, ENTITIES_DIR, ENTITIES_FILE)
