@@ -23,6 +23,7 @@ ENTITY_LABELS: dict[str, tuple[str, ...]] = {
     "rapl_zone": ("node", "zone"),
     "node": ("node",),
     "source": ("source",),
+    "process": (),                 # fleetwatch itself (recorder): no identity labels
 }
 # dcgm-exporter's own label names and order (its camelCase labels are kept byte for byte).
 DCGM_GPU_LABELS: tuple[str, ...] = (
@@ -327,6 +328,21 @@ METRICS: tuple[MetricSpec, ...] = (
                "Duration of the source's last collection.", "source", "collector runner", record=False),
     MetricSpec("fleetwatch_source_errors_total", "counter", "", "Failed collections by reason.", "source",
                "collector runner", labels=("reason",), record=False),
+    MetricSpec("fleetwatch_recorder_rows_written_total", "counter", "",
+               "Metric and event rows the trace recorder has written.", "process", "collector/recorder.py",
+               record=False),
+    MetricSpec("fleetwatch_recorder_written_bytes_total", "counter", "bytes",
+               "Bytes of Parquet the trace recorder has written (merges included).", "process",
+               "collector/recorder.py", record=False),
+    MetricSpec("fleetwatch_recorder_flush_errors_total", "counter", "",
+               "Failed recorder flushes (rows are kept for the next flush).", "process", "collector/recorder.py",
+               record=False),
+    MetricSpec("fleetwatch_recorder_rows_dropped_total", "counter", "",
+               "Rows dropped after repeated write failures.", "process", "collector/recorder.py", record=False),
+    MetricSpec("fleetwatch_recorder_pending_rows", "gauge", "", "Rows buffered but not yet on disk.", "process",
+               "collector/recorder.py", record=False),
+    MetricSpec("fleetwatch_recorder_last_flush_timestamp_seconds", "gauge", "seconds",
+               "Time of the last successful recorder flush.", "process", "collector/recorder.py", record=False),
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

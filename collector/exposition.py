@@ -45,6 +45,9 @@ def format_value(v: float) -> str:
     return r
 
 
+_SELF_KINDS = ("source", "process")
+
+
 def _labelstr(names: Iterable[str], values: Iterable[str]) -> str:
     return ",".join(f'{n}="{escape_label_value(v)}"' for n, v in zip(names, values, strict=True))
 
@@ -101,8 +104,9 @@ class Renderer:
 
     def _prefixes(self, spec: MetricSpec, entity: Entity, extra: tuple[str, ...]) -> tuple[str | None, str | None]:
         native = dcgm = None
-        if self.names != "dcgm" or spec.entity == "source":
-            native = f"{spec.name}{{{_labelstr(spec.labelnames, (*entity.labels, *extra))}}} "
+        if self.names != "dcgm" or spec.entity in _SELF_KINDS:     # fleetwatch's own health in every mode
+            labels = _labelstr(spec.labelnames, (*entity.labels, *extra))
+            native = f"{spec.name}{{{labels}}} " if labels else f"{spec.name} "
         if self.names != "native" and spec.dcgm_default and entity.dcgm_labels and not extra:
             dcgm = f"{spec.dcgm}{{{_labelstr(DCGM_GPU_LABELS, entity.dcgm_labels)}}} "
         return native, dcgm

@@ -29,7 +29,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from collector.batch import Batch, entity_record
+from collector.batch import Batch, Entity, entity_record
 from collector.catalogue import METRICS, spec
 from collector.clock import Clock
 from collector.fsync import fsync_dir as _fsync_dir
@@ -113,6 +113,9 @@ def _write_atomic(table: pa.Table, directory: Path, name: str) -> tuple[Path, in
         raise
     _fsync_dir(directory)
     return target, target.stat().st_size
+
+
+_PROCESS = Entity(kind="process", node="", id="fleetwatch", labels=())
 
 
 class Recorder:
@@ -200,6 +203,18 @@ class Recorder:
                 buf.e_kind.append(ev.kind)
                 buf.e_code.append(int(ev.code))
                 buf.e_detail.append(ev.detail)
+
+    def self_batch(self) -> Batch:
+        """The recorder's own health as fleetwatch_recorder_* readings (for the exporter)."""
+        b = Batch("recorder", self.clock.now_ns())
+        b.add("fleetwatch_recorder_rows_written_total", _PROCESS, self.rows_written)
+        b.add("fleetwatch_recorder_written_bytes_total", _PROCESS, self.bytes_written)
+        b.add("fleetwatch_recorder_flush_errors_total", _PROCESS, self.flush_errors)
+        b.add("fleetwatch_recorder_rows_dropped_total", _PROCESS, self.rows_dropped)
+        b.add("fleetwatch_recorder_pending_rows", _PROCESS, self.pending_rows)
+        if self.last_flush_ns:
+            b.add("fleetwatch_recorder_last_flush_timestamp_seconds", _PROCESS, self.last_flush_ns / 1e9)
+        return b
 
     def _note_entity(self, e: Any) -> None:
         if len(self._entity_objs) > 100_000:    # entities churn (hot-plug): forget the fast-path cache

@@ -198,6 +198,7 @@ def _outputs(cfg: Config, agent: Agent) -> tuple[Exporter, Any]:
                             flush_interval_s=cfg.record.flush_interval,
                             rotate_interval_s=cfg.record.rotate_interval, rotate_bytes=cfg.record.rotate_size)
         agent.subscribe(recorder.add)
+        exporter.providers.append(lambda: [recorder.self_batch()])
     return exporter, recorder
 
 

@@ -584,3 +584,22 @@ def test_entities_table_keeps_identity_labels_across_restarts(tmp_path: Path) ->
     rec2.close()
     table = read_entities(tmp_path)
     assert table is not None and table.num_rows == len(got) + 1
+
+
+def test_recorder_reports_its_own_health(tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from collector.exposition import Renderer
+
+    clock = ManualClock()
+    rec = Recorder(tmp_path, clock)
+    rec.add(make_batch(T0))
+    pending = rec.self_batch()
+    rec.flush()
+    done = rec.self_batch()
+    values = {s.name: s.value for f in text_string_to_metric_families(
+        Renderer("dcgm").render_text([done]).decode()) for s in f.samples}     # shown in every names mode
+    assert values["fleetwatch_recorder_rows_written_total"] == rec.rows_written > 0
+    assert values["fleetwatch_recorder_pending_rows"] == 0
+    assert values["fleetwatch_recorder_last_flush_timestamp_seconds"] == clock.now_ns() / 1e9
+    assert dict(zip(pending.metric, pending.value, strict=True))["fleetwatch_recorder_pending_rows"] > 0
