@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def _series(prom: str, job: str) -> set[tuple[tuple[str, str], ...]]:
-    q = urllib.parse.quote(f'{{job="{job}",__name__!~"fleetwatch_source_.*|up|scrape_.*"}}')
+    q = urllib.parse.quote(f'{{job="{job}",__name__!~"fleetwatch_source_.*|fleetwatch_recorder_.*|up|scrape_.*"}}')
     status, body = http_get(f"{prom}/api/v1/series?match[]={q}&start=0")
     assert status == 200, body
     out = set()

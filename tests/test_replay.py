@@ -22,7 +22,7 @@ S = 10**9
 
 
 def _series_lines(text: bytes) -> list[str]:
-    """Exposition lines without fleetwatch's own source metrics (those describe the agent, not the data)."""
+    """Exposition lines without fleetwatch's own source and recorder metrics (the agent, not the data)."""
     return sorted(ln for ln in text.decode().splitlines() if "fleetwatch_source_" not in ln)
 
 
