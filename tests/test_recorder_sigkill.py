@@ -43,7 +43,13 @@ def _kill_child(data_dir: Path, rng: random.Random, on_write: int | None) -> tup
         line = proc.stdout.readline()
         assert line.strip() == "ready", f"child failed to start: {line!r} {proc.stderr.read()}"  # type: ignore[union-attr]
         if on_write is None:
-            time.sleep(rng.uniform(0.3, 1.5))
+            # Once the second write has started the first is complete, so something must survive;
+            # then a random moment (flushes, merges and idle time all get hit).
+            for _ in range(2):
+                while (line := proc.stdout.readline()) and line.strip() != "W":
+                    pass
+                assert line, f"child exited early: {proc.stderr.read()}"  # type: ignore[union-attr]
+            time.sleep(rng.uniform(0.0, 1.2))
         else:
             writes = 0
             while writes < on_write:
