@@ -33,7 +33,7 @@ import uuid
 import zoneinfo
 from array import array
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -148,6 +148,15 @@ class Series:
         """Append one reading."""
         self.ts.append(ts_ns)
         self.values.append(value)
+
+
+def input_files(sources: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """The sources as paths; InputError for one that is not a file (before anything is written)."""
+    paths = [Path(s) for s in sources]
+    for p in paths:
+        if not p.is_file():
+            raise InputError(f"{p}: no such file")
+    return paths
 
 
 def progress_bar(total: int | None, desc: str, unit: str = "B") -> Any:

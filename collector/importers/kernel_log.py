@@ -30,6 +30,7 @@ from collector.importers._writer import (
     InputError,
     Reporter,
     TraceWriter,
+    input_files,
     parse_time,
     parse_timezone,
     progress_bar,
@@ -188,10 +189,7 @@ def import_kernel_log(sources: Sequence[str | os.PathLike[str]], output: str | o
     boot_ns = parse_time(boot_time) if boot_time is not None else None
     if year is not None and not 1970 <= year <= 9999:
         raise InputError(f"--year must be a four-digit year, got {year}")
-    paths = [Path(s) for s in sources]
-    for p in paths:
-        if not p.is_file():
-            raise InputError(f"{p}: no such file")
+    paths = input_files(sources)
     with TraceWriter(output) as writer:
         importer = KernelLogImporter(writer, summary, reporter, node=node, tz=tz, year=year, boot_ns=boot_ns)
         bar = progress_bar(len(paths), "kernel-log", unit="file") if progress else None

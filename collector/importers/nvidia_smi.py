@@ -30,6 +30,7 @@ from collector.importers._writer import (
     Reporter,
     Series,
     TraceWriter,
+    input_files,
     parse_timezone,
     progress_bar,
     wall_to_ns,
@@ -369,10 +370,7 @@ def import_nvidia_smi(sources: Sequence[str | os.PathLike[str]], output: str | o
     summary = ImportSummary(kind="nvidia-smi")
     reporter = Reporter(summary, on_error)
     tz = parse_timezone(timezone)
-    paths = [Path(s) for s in sources]
-    for p in paths:
-        if not p.is_file():
-            raise InputError(f"{p}: no such file")
+    paths = input_files(sources)
     total = sum(p.stat().st_size for p in paths)
     kwargs = {} if flush_samples is None else {"flush_samples": flush_samples}
     with TraceWriter(output, **kwargs) as writer:

@@ -28,6 +28,7 @@ from collector.importers._writer import (
     InputError,
     Reporter,
     TraceWriter,
+    input_files,
     parse_timezone,
     progress_bar,
     wall_to_ns,
@@ -304,10 +305,7 @@ def import_smi_q(sources: Sequence[str | os.PathLike[str]], output: str | os.Pat
     summary = ImportSummary(kind="smi-q")
     reporter = Reporter(summary, on_error)
     tz = parse_timezone(timezone)
-    paths = [Path(s) for s in sources]
-    for p in paths:
-        if not p.is_file():
-            raise InputError(f"{p}: no such file")
+    paths = input_files(sources)
     with TraceWriter(output) as writer:
         importer = SmiQImporter(writer, summary, reporter, node=node, tz=tz)
         bar = progress_bar(len(paths), "smi-q", unit="file") if progress else None
