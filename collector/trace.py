@@ -61,3 +61,5 @@ EVENTS_DIR = "events"
 GROUND_TRUTH_DIR = "ground_truth"
 ENTITIES_DIR = "entities"
 ENTITIES_FILE = "entities.parquet"
+# The service records under DATA_DIR/traces; commands given the data dir look there.
+DATA_DIR_TRACES = "traces"

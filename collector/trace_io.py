@@ -33,6 +33,7 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
 from collector.trace import (
+    DATA_DIR_TRACES,
     ENTITIES_DIR,
     ENTITIES_FILE,
     ENTITIES_SCHEMA,
@@ -175,6 +176,15 @@ def _table_files(trace_dir: Path, table: str, first_day: str | None = None,
         skip = superseded(names) | covered(part, names)
         files.extend(part / n for n in sorted(names) if n not in skip)
     return files
+
+
+def resolve_trace_dir(path: str | Path) -> Path:
+    """The trace directory a user meant: `path`, or `path/traces` when `path` is the service's data dir."""
+    path = Path(path)
+    tables = (METRICS_DIR, EVENTS_DIR, GROUND_TRUTH_DIR, ENTITIES_DIR)
+    if not any((path / t).is_dir() for t in tables) and any((path / DATA_DIR_TRACES / t).is_dir() for t in tables):
+        return path / DATA_DIR_TRACES
+    return path
 
 
 def list_trace_files(trace_dir: str | Path, table: str | None = None) -> list[Path]:

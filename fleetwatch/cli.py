@@ -408,6 +408,13 @@ COMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `fleetwatch` console script."""
     args = build_parser().parse_args(argv)
+    # `fleetwatch analyze /var/lib/fleetwatch` means the traces the service recorded there.
+    if getattr(args, "traces", None) or getattr(args, "trace_dir", None):
+        from collector.trace_io import resolve_trace_dir
+    if getattr(args, "traces", None):
+        args.traces = [str(resolve_trace_dir(t)) for t in args.traces]
+    if getattr(args, "trace_dir", None):
+        args.trace_dir = str(resolve_trace_dir(args.trace_dir))
     logging.basicConfig(level=(args.log_level or "info").upper(),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

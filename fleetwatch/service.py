@@ -16,6 +16,7 @@ from collector.batch import Batch
 from collector.clock import Clock, ScaledClock, WallClock
 from collector.exporter import Exporter
 from collector.source import REGISTRY, Source, SourceContext
+from collector.trace import DATA_DIR_TRACES
 from collector.webconfig import load_web_config
 from fleetwatch.config import Config, ConfigError, parse_hostport, parse_simulate
 
@@ -194,7 +195,7 @@ def _outputs(cfg: Config, agent: Agent) -> tuple[Exporter, Any]:
         from collector.recorder import Recorder
 
         # Flushing and rotation follow the wall clock: data volume grows with collections, not sim time.
-        recorder = Recorder(Path(cfg.data_dir) / "traces", clock=WallClock(),
+        recorder = Recorder(Path(cfg.data_dir) / DATA_DIR_TRACES, clock=WallClock(),
                             flush_interval_s=cfg.record.flush_interval,
                             rotate_interval_s=cfg.record.rotate_interval, rotate_bytes=cfg.record.rotate_size)
         agent.subscribe(recorder.add)
