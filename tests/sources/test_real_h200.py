@@ -53,6 +53,10 @@ def test_model_exposes_every_gpu_series_the_real_h200_did() -> None:
     assert len(gpu_names) > 50
     missing = sorted(gpu_names - set(modelled))
     assert not missing, f"the device model lacks series a real H200 exposes: {missing}"
+    # ... and nothing the card lacks, except NVLink: the profile is an 8-GPU HGX board, the lent card a
+    # single pass-through GPU. (Retired pages, fan speed: NOT_SUPPORTED on both.)
+    extra = {n for n in modelled if n.startswith(("fleetwatch_gpu_", "DCGM_FI_")) and n not in gpu_names}
+    assert extra and all("NVLINK" in n.upper() for n in extra), sorted(extra)
     for name in gpu_names:      # same label names: dashboards written against the model work on hardware
         assert {frozenset(lbl) for lbl, _ in real[name]} == {frozenset(lbl) for lbl, _ in modelled[name]}, name
 
