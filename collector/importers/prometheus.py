@@ -94,29 +94,24 @@ def _instance_host(labels: dict[str, str]) -> str | None:
     return host if sep and port.isdigit() else inst
 
 
-class PrometheusImporter:
-    """Fetches range queries and adds their series to a TraceWriter."""
+class RangeClient:
+    """Range queries against one Prometheus-compatible API: bounded concurrency, retries with backoff."""
 
-    def __init__(self, writer: TraceWriter, summary: ImportSummary, reporter: Reporter, url: str,
-                 node: str | None = None, step_ns: int = 15 * 10**9, concurrency: int = 4, retries: int = 5,
+    def __init__(self, url: str, step_ns: int = 15 * 10**9, concurrency: int = 4, retries: int = 5,
                  backoff_s: float = 0.5, timeout_s: float = 60.0) -> None:
         if concurrency < 1:
             raise InputError(f"--concurrency must be >= 1, got {concurrency}")
         if retries < 0:
             raise InputError(f"--retries must be >= 0, got {retries}")
-        self.writer = writer
-        self.summary = summary
-        self.reporter = reporter
         self.url = url.rstrip("/")
-        self.mapper = SeriesMapper(node)
         self.step_ns = step_ns
         self.semaphore = asyncio.Semaphore(concurrency)
         self.retries = retries
         self.backoff_s = backoff_s
         self.timeout = aiohttp.ClientTimeout(total=timeout_s)
-        self._known: set[tuple[str, str]] = set()
 
-    def _where(self, req: Request) -> str:
+    def where(self, req: Request) -> str:
+        """The request, for error messages."""
         return f"{self.url} query {req.selector!r} [{_seconds(req.start_ns)}, {_seconds(req.end_ns)}]"
 
     async def fetch(self, session: aiohttp.ClientSession, req: Request) -> dict[str, Any]:
@@ -136,22 +131,46 @@ class PrometheusImporter:
                 last = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
                 continue
             if 400 <= status < 500:
-                raise InputError(f"{self._where(req)}: Prometheus answered HTTP {status}: {_error_text(body)}")
+                raise InputError(f"{self.where(req)}: Prometheus answered HTTP {status}: {_error_text(body)}")
             if status >= 500:
                 last = f"HTTP {status}: {_error_text(body)}"
                 continue
             try:
                 data = json.loads(body)
             except ValueError:
-                raise InputError(f"{self._where(req)}: the answer is not JSON: {body[:200]!r}") from None
+                raise InputError(f"{self.where(req)}: the answer is not JSON: {body[:200]!r}") from None
             if not isinstance(data, dict) or data.get("status") != "success":
-                raise InputError(f"{self._where(req)}: Prometheus reported an error: {_error_text(body)}")
+                raise InputError(f"{self.where(req)}: Prometheus reported an error: {_error_text(body)}")
             result = data.get("data")
             if not isinstance(result, dict) or result.get("resultType") != "matrix":
                 kind = result.get("resultType") if isinstance(result, dict) else None
-                raise InputError(f"{self._where(req)}: expected a matrix result, got {kind!r}")
+                raise InputError(f"{self.where(req)}: expected a matrix result, got {kind!r}")
             return result
-        raise InputError(f"{self._where(req)}: failed after {self.retries + 1} attempt(s): {last}")
+        raise InputError(f"{self.where(req)}: failed after {self.retries + 1} attempt(s): {last}")
+
+
+
+class PrometheusImporter:
+    """Fetches range queries and adds their series to a TraceWriter."""
+
+    def __init__(self, writer: TraceWriter, summary: ImportSummary, reporter: Reporter, url: str,
+                 node: str | None = None, step_ns: int = 15 * 10**9, concurrency: int = 4, retries: int = 5,
+                 backoff_s: float = 0.5, timeout_s: float = 60.0) -> None:
+        self.client = RangeClient(url, step_ns, concurrency, retries, backoff_s, timeout_s)
+        self.writer = writer
+        self.summary = summary
+        self.reporter = reporter
+        self.url = self.client.url
+        self.mapper = SeriesMapper(node)
+        self.step_ns = step_ns
+        self._known: set[tuple[str, str]] = set()
+
+    def _where(self, req: Request) -> str:
+        return self.client.where(req)
+
+    async def fetch(self, session: aiohttp.ClientSession, req: Request) -> dict[str, Any]:
+        """One range query's `data` (see RangeClient.fetch)."""
+        return await self.client.fetch(session, req)
 
     def add_result(self, req: Request, result: dict[str, Any]) -> None:
         """Map one range query's series and add their samples."""
