@@ -24,6 +24,7 @@ ENTITY_LABELS: dict[str, tuple[str, ...]] = {
     "node": ("node",),
     "source": ("source",),
     "process": (),                 # fleetwatch itself (recorder): no identity labels
+    "scope": ("scope", "node", "gpu"),    # a forecast's aggregate: fleet (node="", gpu=""), node, or gpu
 }
 # dcgm-exporter's own label names and order (its camelCase labels are kept byte for byte).
 DCGM_GPU_LABELS: tuple[str, ...] = (
@@ -343,6 +344,9 @@ METRICS: tuple[MetricSpec, ...] = (
                "collector/recorder.py", record=False),
     MetricSpec("fleetwatch_recorder_last_flush_timestamp_seconds", "gauge", "seconds",
                "Time of the last successful recorder flush.", "process", "collector/recorder.py", record=False),
+    # --- predictor: energy and power forecasts (predictor/energy) --------------------------------
+    # --- predictor: GPU failure risk (predictor/failure) ------------------------------------------
+    # --- alerts and remediation (alerts/) ---------------------------------------------------------
 )
 
 BY_NAME: dict[str, MetricSpec] = {m.name: m for m in METRICS}

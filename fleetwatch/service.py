@@ -9,12 +9,13 @@ import logging
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from collector.agent import Agent
 from collector.batch import Batch
 from collector.clock import Clock, ScaledClock, WallClock
 from collector.exporter import Exporter
+from collector.series_view import RecentWindow, TraceView
 from collector.source import REGISTRY, Source, SourceContext
 from collector.trace import DATA_DIR_TRACES
 from collector.webconfig import load_web_config
@@ -74,6 +75,30 @@ class KernelXidFallback(Source):
         await self.inner.close()
 
 
+class Component(Protocol):
+    """A part of the service beyond collection (forecaster, failure scorer, alert engine).
+
+    It reads the service's series views, runs its own loop until `stop`, and publishes what it computes
+    with `Service.publish` (served on /metrics and visible to later components through `window`).
+    """
+
+    name: str
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until stop is set."""
+        ...
+
+    def notes(self) -> list[str]:
+        """Lines printed at start (where to look)."""
+        ...
+
+
+# Builders of the service's components, in data-flow order: "module:function", each called with
+# (config, service) and returning a Component or None (disabled by configuration).
+COMPONENT_BUILDERS: list[str] = [
+]
+
+
 @dataclass
 class Service:
     """Everything `fleetwatch run` starts, in one typed container."""
@@ -86,6 +111,25 @@ class Service:
     simulator: Any = None
     mode: str = "nvml"
     notes: list[str] = field(default_factory=list)
+    # Live series view of this node's readings and of what components published (alerts read it).
+    window: RecentWindow = field(default_factory=RecentWindow)
+    components: list[Any] = field(default_factory=list)
+    _published: dict[str, Batch] = field(default_factory=dict)
+
+    def publish(self, batch: Batch) -> None:
+        """Serve a component's batch on /metrics (replacing its previous one) and add it to the window."""
+        self._published[batch.source] = batch
+        self.window.add(batch)
+
+    def published(self) -> list[Batch]:
+        """The components' latest batches (an exporter provider)."""
+        return list(self._published.values())
+
+    def history(self) -> TraceView | None:
+        """This node's recorded traces as a series view (None when not recording)."""
+        if self.recorder is None:
+            return None
+        return TraceView(Path(self.config.data_dir) / DATA_DIR_TRACES)
 
 
 def _host_source(name: str, cfg: Config, ctx: SourceContext, simulating: bool,
@@ -183,7 +227,20 @@ def build_service(cfg: Config) -> Service:
 
     agent = Agent(sources, clock=clock)
     exporter, recorder = _outputs(cfg, agent)
-    return Service(cfg, clock, agent, exporter, recorder, simulator, mode, notes)
+    svc = Service(cfg, clock, agent, exporter, recorder, simulator, mode, notes)
+    _add_components(svc)
+    return svc
+
+
+def _add_components(svc: Service) -> None:
+    """Wire the window and the components (predictor, alerts) into a built service."""
+    svc.agent.subscribe(svc.window.add)
+    svc.exporter.providers.append(svc.published)
+    for ref in COMPONENT_BUILDERS:
+        module, _, func = ref.partition(":")
+        comp = getattr(importlib.import_module(module), func)(svc.config, svc)
+        if comp is not None:
+            svc.components.append(comp)
 
 
 def _outputs(cfg: Config, agent: Agent) -> tuple[Exporter, Any]:
@@ -220,7 +277,9 @@ def build_replay_service(cfg: Config, traces: list[str], speed: float, start_ns:
     agent = Agent([source], clock=clock)
     exporter, recorder = _outputs(cfg, agent)
     mode = f"replay of {', '.join(traces)} at {speed:g}x ({(source.end_ns - source.start_ns) / 1e9 / speed:.0f} s)"
-    return Service(cfg, clock, agent, exporter, recorder, None, mode), source
+    svc = Service(cfg, clock, agent, exporter, recorder, None, mode)
+    _add_components(svc)        # replay runs the predictor and alerts exactly as live collection would
+    return svc, source
 
 
 async def run_replay(svc: Service, source: Any, stop: asyncio.Event | None = None, announce: bool = True) -> None:
@@ -262,6 +321,8 @@ async def run_service(svc: Service, stop: asyncio.Event | None = None, announce:
             clock=svc.clock), name="compaction"))
     if svc.simulator is not None and svc.recorder is not None:
         tasks.append(asyncio.create_task(_ground_truth_loop(svc, stop), name="ground-truth"))
+    for comp in svc.components:
+        tasks.append(asyncio.create_task(comp.run(stop), name=comp.name))
     if announce:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::", "") else host
         scheme = "https" if svc.config.web_config_file and svc.exporter.web_config.cert_file else "http"
@@ -272,6 +333,9 @@ async def run_service(svc: Service, stop: asyncio.Event | None = None, announce:
               f"(health: /healthz, readiness: /readyz)", flush=True)
         if svc.recorder is not None:
             print(f"fleetwatch: recording traces to {Path(svc.config.data_dir, 'traces').resolve()}", flush=True)
+        for comp in svc.components:
+            for line in comp.notes():
+                print(f"fleetwatch: {line}", flush=True)
         print("fleetwatch: Ctrl-C to stop", flush=True)
     try:
         await stop.wait()
