@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import datetime as dt
 import html
+import importlib
 import math
 import os
 import re
@@ -630,10 +631,19 @@ def _unhealthy_section(d: ReportData, top: int) -> str:
     return _section("unhealthy", title, doc + table + tail)
 
 
-def _forecast_section() -> str:
-    return _section("forecasts", "Forecasts and risk scores",
-                    '<div class="placeholder" role="note"><p><b>Placeholder:</b> failure forecasts and per-GPU '
-                    'risk scores are added when the predictor lands (issues 4 and 5).</p></div>')
+# Sections the predictor adds, in order: (id, nav title, "module:function"). Each function takes
+# (trace paths, start_ns, end_ns) and returns the section's inner HTML (plots inline, as the others).
+PREDICTOR_SECTIONS: list[tuple[str, str, str]] = [
+]
+
+
+def _predictor_sections(paths: Sequence[Path], start_ns: int | None, end_ns: int | None) -> list[str]:
+    out = []
+    for sid, title, ref in PREDICTOR_SECTIONS:
+        module, _, func = ref.partition(":")
+        body = getattr(importlib.import_module(module), func)(paths, start_ns, end_ns)
+        out.append(_section(sid, title, body))
+    return out
 
 
 _CSS = """
@@ -681,13 +691,13 @@ def render_report(traces: Iterable[str | os.PathLike[str]], start_ns: int | None
         data = collect(paths, start_ns, end_ns, con)
         sections = [_summary_section(data), _power_section(data), _energy_section(data),
                     _heatmap_section(data), _throttle_section(data, con), _errors_section(data),
-                    _unhealthy_section(data, top), _forecast_section()]
+                    _unhealthy_section(data, top), *_predictor_sections(paths, start_ns, end_ns)]
     finally:
         con.close()
     nav = "".join(f'<a href="#{sid}">{_esc(name)}</a>' for sid, name in (
         ("summary", "Summary"), ("power", "Power"), ("energy", "Energy"), ("temperature", "Temperature"),
         ("throttling", "Throttling"), ("errors", "Errors"), ("unhealthy", "Unhealthy GPUs"),
-        ("forecasts", "Forecasts")))
+        *((sid, title) for sid, title, _ in PREDICTOR_SECTIONS)))
     subtitle = (f"{_iso(data.span[0])} → {_iso(data.span[1])}" if data.span else "no data in the window")
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">"

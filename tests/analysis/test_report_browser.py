@@ -24,7 +24,7 @@ from PIL import Image
 
 from collector.sim.faults import parse_inject
 from collector.sim.offline import generate_trace
-from fleetwatch.analysis.report import write_report
+from fleetwatch.analysis.report import PREDICTOR_SECTIONS, write_report
 from tests.conftest import require_tool
 
 # No sandbox (CI containers run as root), no GPU, and nothing that phones home: the page must render offline.
@@ -191,7 +191,7 @@ async def test_report_renders_in_headless_chromium(tmp_path: Path) -> None:
 
     assert problems == []
     assert facts["sections"] == ["summary", "power", "energy", "temperature", "throttling", "errors",
-                                 "unhealthy", "forecasts"]
+                                 "unhealthy", *(sid for sid, _, _ in PREDICTOR_SECTIONS)]
     assert [p["id"] for p in facts["plots"]] == ["power", "energy", "temperature", "throttling", "errors"]
     for p in facts["plots"]:
         assert p["box"]["w"] > 300 and p["box"]["h"] > 100, p
