@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import sys
@@ -74,7 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_import_parser(sub)
     _add_analysis_parsers(sub)
     _add_dashboards_parser(sub)
+    parsers = {"run": run, "replay": rep, "collect": col}
+    for module in CLI_EXTENSIONS:
+        COMMANDS.update(importlib.import_module(module).add_parsers(sub, parsers))
     return ap
+
+
+# Modules that add subcommands (and flags on `run`/`replay`): each has
+# add_parsers(sub, parsers) -> {command: handler}; `parsers` holds the existing run/replay/collect parsers.
+CLI_EXTENSIONS: list[str] = [
+]
 
 
 def parse_time_ns(text: str) -> int:
@@ -92,6 +102,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from fleetwatch.service import build_replay_service, run_replay
 
     over = {k: getattr(args, k) for k in ("listen", "names", "data_dir") if getattr(args, k) is not None}
+    over.update({k: v for k, v in _overrides(args).items() if k not in ("log_level",) and k not in over
+                 and k in _extension_keys()})
     if args.no_record:
         over["record"] = {"enabled": False}
     cfg = load_config(args.config, over)
@@ -104,10 +116,28 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+# Flag → config overrides that extensions add to (dotted keys nest: "alerts.alertmanagers").
+OVERRIDE_FLAGS: dict[str, str] = {}
+
+
+def _extension_keys() -> set[str]:
+    """Top-level config keys that extension flags set."""
+    return {key.split(".")[0] for key in OVERRIDE_FLAGS.values()}
+
+
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     keys = ("simulate", "seed", "speed", "fault_rate", "inject", "names", "listen", "data_dir",
             "web_config_file", "log_level")
     out = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    for dest, key in OVERRIDE_FLAGS.items():
+        value = getattr(args, dest, None)
+        if value is None:
+            continue
+        *parents, leaf = key.split(".")
+        node = out
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
     if getattr(args, "no_record", False):
         out["record"] = {"enabled": False}
     return out
