@@ -25,7 +25,13 @@ parallelism (one row group per thread).
 Retention. Whole days are deleted: first every day that ended more than retention_age_s ago (a day partly
 inside the window is kept), then, while the trace is larger than retention_bytes, the oldest remaining day
 outside the age window. A sample inside the age window is never deleted, nor the recorder's current day, so
-the size limit may stay exceeded; the report says so.
+the size limit may stay exceeded; the report says so. Deleting a day deletes its rollups/ partition too.
+
+Rollups. compact() takes an optional after_day hook, called for every finished metrics day that has a day
+file (just merged or merged earlier) with (trace_dir, day, day file): fleetwatch passes
+fleetwatch.analysis.rollup.after_compaction, which writes rollups/date=DAY/rollup-day-DAY.parquet when the
+current one is missing or stale (collector must not import fleetwatch, hence the hook). A hook that fails
+is an error in the report; the day file stays as it is.
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -76,6 +82,11 @@ ROW_GROUP_ROWS = 1 << 20
 CHUNK_ROWS = 4_000_000          # rows merged in memory at once (~130 MB of metric columns, ×3 while sorting)
 INFLIGHT_GRACE_S = 6 * 3600.0
 _DATE_PREFIX = "date="
+# Derived per-day summaries (written by the after_day hook), not a table of the trace schema: trace readers
+# never list it; retention deletes a day's rollups with the day.
+ROLLUPS_DIR = "rollups"
+# compact()'s hook: (trace dir, day, the day's compacted metrics file) → a line for the report or None.
+AfterDay = Callable[[Path, str, Path], "str | None"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +119,7 @@ class CompactReport:
     leftovers_removed: int = 0        # inputs of an earlier, interrupted compaction or segment merge
     skipped: list[str] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)      # what the after_day hook did (rollups written)
     bytes_before: int = 0
     bytes_after: int = 0
     over_size_limit: bool = False
@@ -116,6 +128,7 @@ class CompactReport:
         """A human-readable account, one line per action."""
         out = [f"merged {m.table}/date={m.day}: {m.inputs} file(s), {m.rows_in:,} → {m.rows_out:,} rows, "
                f"{_size(m.bytes_in)} → {_size(m.bytes_out)}" for m in self.merged]
+        out += self.notes
         out += [f"deleted day {day}: {_size(size)}" for day, size in self.deleted_days]
         if self.leftovers_removed:
             out.append(f"removed {self.leftovers_removed} leftover file(s) of an interrupted compaction or merge")
@@ -152,16 +165,16 @@ def _file_size(path: Path) -> int:
 def trace_bytes(trace_dir: Path) -> int:
     """Bytes of every file under the trace's table directories."""
     total = 0
-    for table in (METRICS_DIR, EVENTS_DIR, GROUND_TRUTH_DIR, ENTITIES_DIR):
+    for table in (METRICS_DIR, EVENTS_DIR, GROUND_TRUTH_DIR, ENTITIES_DIR, ROLLUPS_DIR):
         for root, _, names in os.walk(trace_dir / table):
             total += sum(_file_size(Path(root) / n) for n in names)
     return total
 
 
-def _partitions(trace_dir: Path) -> dict[str, list[Path]]:
-    """Day → its partition directories (metrics and/or events)."""
+def _partitions(trace_dir: Path, tables: Iterable[str] = TABLES) -> dict[str, list[Path]]:
+    """Day → its partition directories (metrics and/or events, or the given directories)."""
     days: dict[str, list[Path]] = {}
-    for table in TABLES:
+    for table in tables:
         root = trace_dir / table
         if not root.is_dir():
             continue
@@ -498,11 +511,13 @@ def _day_end_ns(day: str) -> int:
 
 def compact(trace_dir: str | os.PathLike[str], retention_age_s: float | None = None,
             retention_bytes: int | None = None, now_ns: int | None = None, *, all_days: bool = False,
-            inflight_grace_s: float = INFLIGHT_GRACE_S, chunk_rows: int = CHUNK_ROWS) -> CompactReport:
+            inflight_grace_s: float = INFLIGHT_GRACE_S, chunk_rows: int = CHUNK_ROWS,
+            after_day: AfterDay | None = None) -> CompactReport:
     """Apply age retention, compact every finished day of metrics and events, then apply the size limit.
 
     now_ns (default: the wall clock) decides "today" and the age window. A partition whose files cannot
-    be read is skipped and named in report.errors; the others are still compacted.
+    be read is skipped and named in report.errors; the others are still compacted. after_day is called
+    for each finished metrics day with a day file (see the module docstring).
     """
     trace_dir = Path(trace_dir)
     _check_trace(trace_dir)
@@ -514,13 +529,17 @@ def compact(trace_dir: str | os.PathLike[str], retention_age_s: float | None = N
     today = day_of(now_ns)
     report = CompactReport(bytes_before=trace_bytes(trace_dir))
     days = _partitions(trace_dir)
+    rollups = _partitions(trace_dir, (ROLLUPS_DIR,))
+
+    def delete_day(day: str) -> int:
+        return _delete_day(days.pop(day) + rollups.pop(day, []))
 
     def inside_age_window(day: str) -> bool:
         return retention_age_s is not None and _day_end_ns(day) > now_ns - round(retention_age_s * 1e9)
 
     if retention_age_s is not None:
         for day in [d for d in days if d < today and not inside_age_window(d)]:
-            report.deleted_days.append((day, _delete_day(days.pop(day))))
+            report.deleted_days.append((day, delete_day(day)))
     for day, dirs in days.items():
         if day >= today and not all_days:
             report.skipped.append(f"date={day}: the recorder may still be writing it (use --all)")
@@ -536,6 +555,8 @@ def compact(trace_dir: str | os.PathLike[str], retention_age_s: float | None = N
                 continue
             if merged is not None:
                 report.merged.append(merged)
+            if after_day is not None and table == METRICS_DIR:
+                _run_hook(after_day, trace_dir, day, d / compacted_file_name(day), report)
     if retention_bytes is not None:
         total = trace_bytes(trace_dir)
         for day in list(days):
@@ -543,7 +564,7 @@ def compact(trace_dir: str | os.PathLike[str], retention_age_s: float | None = N
                 break
             if day >= today or inside_age_window(day):
                 break       # days are in order: every later day is protected too
-            freed = _delete_day(days.pop(day))
+            freed = delete_day(day)
             report.deleted_days.append((day, freed))
             total -= freed
         report.over_size_limit = total > retention_bytes
@@ -551,8 +572,23 @@ def compact(trace_dir: str | os.PathLike[str], retention_age_s: float | None = N
     return report
 
 
+def _run_hook(after_day: AfterDay, trace_dir: Path, day: str, day_file: Path, report: CompactReport) -> None:
+    """Call the after_day hook for a compacted metrics day; its failure is a report error, not an exception."""
+    if not day_file.is_file():
+        return
+    try:
+        note = after_day(trace_dir, day, day_file)
+    except Exception as err:     # a derived summary: the day file itself is fine, so report and go on
+        report.errors.append(f"date={day}: after-compaction hook failed: {err}")
+        log.warning("after-compaction hook for %s failed", day, exc_info=True)
+        return
+    if note:
+        report.notes.append(note)
+
+
 async def compact_loop(trace_dir: str | os.PathLike[str], stop: asyncio.Event, interval_s: float,
-                       retention: Retention | None = None, *, clock: Clock | None = None) -> None:
+                       retention: Retention | None = None, *, clock: Clock | None = None,
+                       after_day: AfterDay | None = None) -> None:
     """Compact and apply retention every interval_s (of the clock) until stop is set; never raises.
 
     The first pass runs at once. Each pass runs in a worker thread; its errors are logged.
@@ -565,7 +601,7 @@ async def compact_loop(trace_dir: str | os.PathLike[str], stop: asyncio.Event, i
         try:
             report = await asyncio.to_thread(
                 compact, trace_dir, retention_age_s=retention.age_s, retention_bytes=retention.size_bytes,
-                now_ns=clock.now_ns())
+                now_ns=clock.now_ns(), after_day=after_day)
         except TraceError as err:
             log.debug("compaction: %s", err)        # no trace recorded yet
         except Exception:

@@ -354,3 +354,30 @@ def test_cli_compact(recorded: Path) -> None:
     res = subprocess.run([sys.executable, "-m", "fleetwatch.cli", "compact", str(recorded), "--retention-age",
                           "soon"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "compact: expected a duration" in res.stderr
+
+
+def test_after_day_hook_sees_every_compacted_metrics_day_and_its_failure_is_reported(recorded: Path) -> None:
+    seen: list[tuple[str, str]] = []
+
+    def hook(trace_dir: Path, day: str, day_file: Path) -> str | None:
+        assert trace_dir == recorded and day_file.is_file()
+        check_file(day_file, "metrics")
+        seen.append((day, day_file.name))
+        return f"summarised {day}" if day != "2026-01-02" else None
+
+    report = compact(recorded, now_ns=NOW, after_day=hook)
+    assert seen == [(f"2026-01-0{d}", f"day-2026-01-0{d}.parquet") for d in (1, 2, 3)]
+    assert report.notes == ["summarised 2026-01-01", "summarised 2026-01-03"]
+    assert "summarised 2026-01-01" in report.lines()
+    # already compacted days get the hook too (it decides whether its output is current)
+    seen.clear()
+    compact(recorded, now_ns=NOW, after_day=hook)
+    assert len(seen) == 3
+
+    def broken(trace_dir: Path, day: str, day_file: Path) -> str | None:
+        raise OSError("disk full")
+
+    before = _snapshot(recorded)
+    report = compact(recorded, now_ns=NOW, after_day=broken)
+    assert [e for e in report.errors if "disk full" in e and "date=2026-01-0" in e] and len(report.errors) == 3
+    assert _snapshot(recorded) == before

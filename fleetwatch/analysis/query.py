@@ -32,6 +32,13 @@ How the per-GPU numbers are computed (one record per GPU, or per GPU and window)
 by="node": extensive figures (energy, counts, seconds) are sums over the node's GPUs; node power is the sum
 of its GPUs' power at each instant, then its mean, p95 and max; util_mean and temp_mean_c are means over
 all the GPUs' samples; samples counts the node's instants. Windows are aligned to the Unix epoch.
+
+Rollups (fleetwatch/analysis/rollup.py): analyze() reads a compacted day's hourly rollup instead of its raw
+rows when the rollup is current and the day lies wholly in the selection, and computes the same partials
+from raw rows for the other days; the combined figures are the ones above to floating-point rounding,
+except power_p95_w (node or GPU), which comes from 0.25 W histograms and is within 0.25 W of quantile_cont.
+Windows that are not whole hours, an idle_power_w other than IDLE_POWER_W, by="node" with a GPU selector
+and node instants the partials would group differently all read raw rows; use_rollups=False forces that.
 """
 
 from __future__ import annotations
@@ -435,7 +442,13 @@ aligned AS (
       AS idle_powered_s,
     sum(u * dt) / 3.6e12 AS util_hours
   FROM rows GROUP BY node, entity, wstart
-),
+),""" + _gpu_tail()
+
+
+def _gpu_tail() -> str:
+    """CTEs `gstats`, `ginc`, `keys` and `g` over `aligned`, `stats`, `inc` and `step` (raw or from rollups)."""
+    m = {k: _sql_str(v) for k, v in _WIDE.items()}
+    return f"""
 gstats AS (
   SELECT node, entity, wstart, max(n) AS n, min(t0) AS t0, max(t1) AS t1,
     max(mean) FILTER (WHERE metric = {m["tc"]}) AS temp_mean_c,
@@ -509,22 +522,7 @@ LEFT JOIN _gpu_index gi ON gi.node = g.node AND gi.uuid = g.entity
 ORDER BY g.node, gi.gpu NULLS LAST, g.entity{", g.wstart" if window else ""}"""
 
 
-def _node_select(window: bool) -> str:
-    """The final SELECT for by="node": sums of the GPUs' extensive numbers, node power per instant."""
-    win = "n.wstart AS window_start, " if window else ""
-    span = "nullif((n.t1 - n.t0 + n.med) / 86400e9, 0)"
-    sums = ", ".join(f"sum({c}) AS {c}" for c in (
-        "energy_j", *_COUNT_COLUMNS, "idle_powered_s", "util_hours", "throttled_s",
-        *(f"throttled_s_{r}" for r in REASONS)))
-    return f"""
-, node_gpu AS (
-  SELECT node, wstart, count(*) AS gpus, min(t0) AS t0, max(t1) AS t1, min(med) AS med, max(samples) AS samples,
-    sum(util_mean * n_u) / nullif(sum(n_u), 0) AS util_mean,
-    sum(temp_mean_c * n_tc) / nullif(sum(n_tc), 0) AS temp_mean_c,
-    max(temp_max_c) AS temp_max_c, max(mem_temp_max_c) AS mem_temp_max_c, {sums}
-  FROM g GROUP BY node, wstart
-),
--- An instant of a node: its GPUs' readings closer together than half a sampling interval. The recorder
+_NODE_POWER = """-- An instant of a node: its GPUs' readings closer together than half a sampling interval. The recorder
 -- stamps a node's GPUs alike; nvidia-smi logs stamp each GPU's line a few milliseconds apart.
 node_tol AS (SELECT node, coalesce(min(med), 0) / 2 AS tol FROM step GROUP BY node),
 node_t AS (
@@ -542,7 +540,29 @@ node_power AS (
     max(w) AS power_max_w
   FROM (SELECT node, min(wstart) AS wstart, sum(w) AS w FROM node_i GROUP BY node, inst)
   GROUP BY node, wstart
+)"""
+
+
+def _node_select(window: bool, power: str | None = None) -> str:
+    """The final SELECT for by="node": sums of the GPUs' extensive numbers, node power per instant.
+
+    `power` replaces the CTEs computing `node_power` (node, wstart, instants, power_mean_w, power_p95_w,
+    power_max_w) from `rows` and `step`: the rollup path computes it from partials.
+    """
+    win = "n.wstart AS window_start, " if window else ""
+    span = "nullif((n.t1 - n.t0 + n.med) / 86400e9, 0)"
+    sums = ", ".join(f"sum({c}) AS {c}" for c in (
+        "energy_j", *_COUNT_COLUMNS, "idle_powered_s", "util_hours", "throttled_s",
+        *(f"throttled_s_{r}" for r in REASONS)))
+    return f"""
+, node_gpu AS (
+  SELECT node, wstart, count(*) AS gpus, min(t0) AS t0, max(t1) AS t1, min(med) AS med, max(samples) AS samples,
+    sum(util_mean * n_u) / nullif(sum(n_u), 0) AS util_mean,
+    sum(temp_mean_c * n_tc) / nullif(sum(n_tc), 0) AS temp_mean_c,
+    max(temp_max_c) AS temp_max_c, max(mem_temp_max_c) AS mem_temp_max_c, {sums}
+  FROM g GROUP BY node, wstart
 ),
+{_NODE_POWER if power is None else power},
 node_xid AS (SELECT node, wstart, sum(xid_count) AS xid_count FROM xid GROUP BY node, wstart),
 n AS (
   SELECT g.*, p.instants, p.power_mean_w, p.power_p95_w, p.power_max_w, coalesce(x.xid_count, 0) AS xid_count
@@ -592,13 +612,17 @@ def _check_range(start_ns: int | None, end_ns: int | None) -> None:
 
 def analyze(traces: list[Path], start_ns: int | None = None, end_ns: int | None = None,
             nodes: list[str] | None = None, gpus: list[str] | None = None,
-            window_s: float | None = None, by: str = "gpu", *, idle_power_w: float = IDLE_POWER_W) -> pa.Table:
+            window_s: float | None = None, by: str = "gpu", *, idle_power_w: float = IDLE_POWER_W,
+            use_rollups: bool = True) -> pa.Table:
     """Per-GPU (by="gpu") or per-node (by="node") aggregates over the traces; see the module docstring.
 
     gpus holds UUIDs or "node/index"; window_s gives one record per GPU (or node) per window, aligned to
     the Unix epoch, with an extra window_start column. An empty selection gives an empty table with the
-    same schema; TraceError for a path that is not a trace or a bad file; ValueError for bad arguments.
+    same schema; TraceError for a path that is not a trace or a bad file (a rollup included); ValueError
+    for bad arguments. use_rollups=False reads only raw rows (the same answer, but p95 power exact).
     """
+    from fleetwatch.analysis import rollup  # rollup builds on this module's SQL: imported when used
+
     if by not in ("gpu", "node"):
         raise ValueError(f"by must be 'gpu' or 'node', got {by!r}")
     if window_s is not None and not window_s > 0:
@@ -613,6 +637,11 @@ def analyze(traces: list[Path], start_ns: int | None = None, end_ns: int | None 
         index = _gpu_index(con)
         con.register("_gpu_index", index)
         entities = _resolve_gpus(gpus, index) if gpus is not None else None
+        if use_rollups and rollup.usable(window_ns, by, gpus, idle_power_w):
+            out = rollup.analyze_partials(con, dirs, first_day, last_day, start_ns, end_ns, nodes, entities,
+                                          window_ns, by)
+            if out is not None:
+                return out
         where = _where(start_ns, end_ns, nodes, entities)
         for stmt in _stats_sql(where, window_ns):
             con.execute(stmt)
