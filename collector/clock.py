@@ -53,6 +53,11 @@ class ScaledClock:
         """Simulated Unix nanoseconds."""
         return self._start_ns + int((time.monotonic() - self._wall0) * self.speed * 1e9)
 
+    def restart(self) -> None:
+        """Count from start_ns again: the service calls this when it starts running, so that seconds spent
+        building it (imports, model loading) do not pass in simulated time before the first reading."""
+        self._wall0 = time.monotonic()
+
     def monotonic(self) -> float:
         """Simulated seconds since start."""
         return (time.monotonic() - self._wall0) * self.speed

@@ -15,6 +15,7 @@ Series are keyed by (node, entity) as in the trace schema (entity = GPU UUID, in
 from __future__ import annotations
 
 import asyncio
+import bisect
 import itertools
 import math
 import threading
@@ -44,10 +45,15 @@ DEFAULT_STALE_S = 300.0          # Prometheus' default lookback delta
 
 @dataclass(frozen=True, slots=True, order=True)
 class SeriesKey:
-    """One series of a metric: the node and the entity (GPU UUID, interface, ...)."""
+    """One series of a metric: the node and the entity (GPU UUID, interface, ...).
+
+    `extra` holds the values of the metric's labels beyond the entity's (catalogue `labels`, e.g. xid,
+    quantile), so that e.g. one forecast's quantiles stay separate series; () for most metrics.
+    """
 
     node: str
     entity: str
+    extra: tuple[str, ...] = ()
 
 
 @dataclass(slots=True)
@@ -123,11 +129,63 @@ def _frame(metric: str, series: dict[SeriesKey, tuple[np.ndarray, np.ndarray]], 
            stale_s: float) -> SeriesFrame:
     keys = sorted(series)
     stale_ns = int(stale_s * NS)
-    values = np.full((len(keys), len(points)), np.nan)
-    for i, k in enumerate(keys):
-        ts, v = series[k]
-        values[i] = resample(ts, v, points, stale_ns)
+    n, t = len(keys), len(points)
+    values = np.full((n, t), np.nan)
+    lens = np.fromiter((len(series[k][0]) for k in keys), dtype=np.int64, count=n)
+    total = int(lens.sum())
+    if total == 0 or t == 0:
+        return SeriesFrame(metric, keys, points, values)
+    ts_all = np.concatenate([series[k][0] for k in keys])
+    lo = min(int(ts_all.min()), int(points[0]))
+    span = max(int(ts_all.max()), int(points[-1])) - lo + 1
+    if span * n >= 2**62:       # keys below would overflow int64 (months of samples x many series): one by one
+        for i, k in enumerate(keys):
+            ts, v = series[k]
+            values[i] = resample(ts, v, points, stale_ns)
+        return SeriesFrame(metric, keys, points, values)
+    # All series at once (alert rules read thousands): one sorted key per sample, series index * span + time,
+    # and one searchsorted for every (series, grid point).
+    v_all = np.concatenate([series[k][1] for k in keys]).astype(np.float64, copy=False)
+    sid = np.repeat(np.arange(n, dtype=np.int64), lens)
+    key = sid * span + (ts_all - lo)
+    q = (np.arange(n, dtype=np.int64)[:, None] * span + (points - lo)[None, :]).ravel()
+    idx = np.searchsorted(key, q, side="right") - 1
+    first = np.repeat(np.cumsum(lens) - lens, t)
+    ok = idx >= first
+    fresh = np.zeros(n * t, dtype=bool)
+    fresh[ok] = np.tile(points, n)[ok] - ts_all[idx[ok]] <= stale_ns
+    flat = values.reshape(-1)
+    flat[fresh] = v_all[idx[fresh]]
     return SeriesFrame(metric, keys, points, values)
+
+
+def _codes(col: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    """A string column as (integer codes, their strings), without one Python string per row."""
+    arr = col.combine_chunks() if col.num_chunks != 1 else col.chunk(0)
+    if not pa.types.is_dictionary(arr.type):
+        arr = arr.dictionary_encode()
+    return arr.indices.to_numpy(zero_copy_only=False), arr.dictionary.to_pylist()
+
+
+def _ts_stats(files: Sequence[Path]) -> tuple[int, int] | None:
+    """Min and max of the ts column from the files' row-group statistics, or None when any lacks them."""
+    import pyarrow.parquet as pq
+
+    lo: int | None = None
+    hi: int | None = None
+    for f in files:
+        meta = pq.ParquetFile(f).metadata
+        i = meta.schema.names.index("ts")
+        for g in range(meta.num_row_groups):
+            st = meta.row_group(g).column(i).statistics
+            if meta.row_group(g).num_rows == 0:
+                continue
+            if st is None or not st.has_min_max:
+                return None
+            a, b = (pa.scalar(v, type=pa.timestamp("ns", tz="UTC")).cast(pa.int64()).as_py() for v in (st.min, st.max))
+            lo = a if lo is None else min(lo, a)
+            hi = b if hi is None else max(hi, b)
+    return None if lo is None or hi is None else (lo, hi)
 
 
 def _check_metric(metric: str) -> None:
@@ -136,6 +194,34 @@ def _check_metric(metric: str) -> None:
 
 
 # --- offline: Parquet traces ----------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Prefetched:
+    """Series read ahead by TraceView.prefetch, for [start, end) (None: unbounded)."""
+
+    start_ns: int | None
+    end_ns: int | None
+    series: dict[str, dict[SeriesKey, tuple[np.ndarray, np.ndarray]]]
+
+    def covers(self, start_ns: int | None, end_ns: int | None) -> bool:
+        """Whether [start, end) lies within the prefetched window."""
+        lo_ok = self.start_ns is None or (start_ns is not None and start_ns >= self.start_ns)
+        hi_ok = self.end_ns is None or (end_ns is not None and end_ns <= self.end_ns)
+        return lo_ok and hi_ok
+
+    def slice(self, metric: str, start_ns: int | None, end_ns: int | None,
+              nodes: Sequence[str] | None) -> dict[SeriesKey, tuple[np.ndarray, np.ndarray]]:
+        """The prefetched samples of `metric` with start <= ts < end (of `nodes`)."""
+        out = {}
+        for k, (ts, v) in self.series[metric].items():
+            if nodes is not None and k.node not in nodes:
+                continue
+            a = 0 if start_ns is None else int(np.searchsorted(ts, start_ns, side="left"))
+            b = len(ts) if end_ns is None else int(np.searchsorted(ts, end_ns, side="left"))
+            if b > a:
+                out[k] = (ts[a:b], v[a:b])
+        return out
 
 
 class TraceView:
@@ -149,32 +235,52 @@ class TraceView:
             if not t.is_dir():
                 raise TraceError(f"{t}: no such trace directory")
 
-    def _series(self, metric: str, start_ns: int | None, end_ns: int | None,
-                nodes: Sequence[str] | None) -> dict[SeriesKey, tuple[np.ndarray, np.ndarray]]:
-        out: dict[SeriesKey, tuple[np.ndarray, np.ndarray]] = {}
+    def prefetch(self, metrics: Sequence[str], start_ns: int | None = None, end_ns: int | None = None) -> None:
+        """Read several metrics in one scan and serve later reads of them within [start, end) from memory.
+
+        Each read otherwise scans the trace once; a predictor reading 20 metrics of a large trace pays
+        that 20 times.
+        """
+        for m in metrics:
+            _check_metric(m)
+        self._cache = _Prefetched(start_ns, end_ns, self._read(list(metrics), start_ns, end_ns, None))
+
+    def _read(self, metrics: list[str], start_ns: int | None, end_ns: int | None,
+              nodes: Sequence[str] | None) -> dict[str, dict[SeriesKey, tuple[np.ndarray, np.ndarray]]]:
+        out: dict[str, dict[SeriesKey, tuple[np.ndarray, np.ndarray]]] = {m: {} for m in metrics}
         for t in self.traces:
             if not (t / "metrics").is_dir():
                 continue
-            table = read_metrics(t, start_ns, end_ns, nodes=nodes, metrics=[metric])
+            table = read_metrics(t, start_ns, end_ns, nodes=nodes, metrics=metrics)
             if table.num_rows == 0:
                 continue
-            node = table.column("node").to_pylist()
-            entity = table.column("entity").to_pylist()
+            node = _codes(table.column("node"))
+            entity = _codes(table.column("entity"))
+            metric = _codes(table.column("metric"))
             ts = table.column("ts").cast(pa.int64()).to_numpy()
             vals = table.column("value").to_numpy()
-            # Rows are sorted by (node, entity, metric, ts): cut at key changes.
-            cuts = [0] + [i for i in range(1, len(node)) if node[i] != node[i - 1] or entity[i] != entity[i - 1]]
-            cuts.append(len(node))
+            # Rows are sorted by (node, entity, metric, ts): cut at key changes (vectorised: millions of rows).
+            change = ((node[0][1:] != node[0][:-1]) | (entity[0][1:] != entity[0][:-1])
+                      | (metric[0][1:] != metric[0][:-1]))
+            cuts = [0, *(np.nonzero(change)[0] + 1).tolist(), len(ts)]
             for a, b in itertools.pairwise(cuts):
-                key = SeriesKey(node[a], entity[a])
-                if key in out:      # the same series in two traces: merge in time order
-                    ts0, v0 = out[key]
+                key = SeriesKey(node[1][node[0][a]], entity[1][entity[0][a]])
+                per = out[metric[1][metric[0][a]]]
+                if key in per:      # the same series in two traces: merge in time order
+                    ts0, v0 = per[key]
                     ts_all, v_all = np.concatenate([ts0, ts[a:b]]), np.concatenate([v0, vals[a:b]])
                     order = np.argsort(ts_all, kind="stable")
-                    out[key] = (ts_all[order], v_all[order])
+                    per[key] = (ts_all[order], v_all[order])
                 else:
-                    out[key] = (ts[a:b], vals[a:b])
+                    per[key] = (ts[a:b], vals[a:b])
         return out
+
+    def _series(self, metric: str, start_ns: int | None, end_ns: int | None,
+                nodes: Sequence[str] | None) -> dict[SeriesKey, tuple[np.ndarray, np.ndarray]]:
+        cache: _Prefetched | None = getattr(self, "_cache", None)
+        if cache is not None and metric in cache.series and cache.covers(start_ns, end_ns):
+            return cache.slice(metric, start_ns, end_ns, nodes)
+        return self._read([metric], start_ns, end_ns, nodes)[metric]
 
     def raw(self, metric: str, start_ns: int | None = None, end_ns: int | None = None, *,
             nodes: Sequence[str] | None = None) -> dict[SeriesKey, tuple[np.ndarray, np.ndarray]]:
@@ -228,6 +334,11 @@ class TraceView:
             files = list_trace_files(t, "metrics")
             if not files:
                 continue
+            stats = _ts_stats(files)
+            if stats is not None:          # row-group statistics: no need to read every timestamp
+                lo = stats[0] if lo is None else min(lo, stats[0])
+                hi = stats[1] if hi is None else max(hi, stats[1])
+                continue
             col = ds.dataset([str(f) for f in files], format="parquet").to_table(columns=["ts"]).column("ts")
             ts = col.cast(pa.int64()).to_numpy()
             if len(ts):
@@ -260,15 +371,15 @@ class RecentWindow:
     def add(self, batch: Batch) -> None:
         """Keep one batch's readings (an agent sink)."""
         with self._lock:
-            for m, e, v in zip(batch.metric, batch.entity, batch.value, strict=True):
-                key = SeriesKey(e.node, e.id)
+            for m, e, v, x in zip(batch.metric, batch.entity, batch.value, batch.extra, strict=True):
+                key = SeriesKey(e.node, e.id, x) if x else SeriesKey(e.node, e.id)
                 per = self._series.get(m)
                 if per is None:
                     per = self._series[m] = {}
                 ring = per.get(key)
                 if ring is None:
                     ring = per[key] = _Ring()
-                    self._entities.setdefault(key, e)
+                    self._entities.setdefault(SeriesKey(e.node, e.id), e)
                 if ring.ts and ring.ts[-1] >= batch.ts_ns:
                     continue            # time went backwards or a duplicate: keep the series sorted
                 ring.ts.append(batch.ts_ns)
@@ -303,8 +414,15 @@ class RecentWindow:
 
     def latest(self, metric: str, at_ns: int, *, stale_s: float = DEFAULT_STALE_S) -> dict[SeriesKey, float]:
         """The latest value of every series of `metric` no older than stale_s at at_ns."""
-        f = self.range(metric, at_ns, at_ns, 1.0, stale_s=stale_s)
-        return {k: float(v) for k, v in zip(f.keys, f.values[:, 0], strict=True) if not math.isnan(v)}
+        _check_metric(metric)
+        cut = at_ns - int(stale_s * NS)
+        out: dict[SeriesKey, float] = {}
+        with self._lock:            # no copies: a bisection in each ring (the alert engine asks every 15 s)
+            for k, r in self._series.get(metric, {}).items():
+                i = bisect.bisect_right(r.ts, at_ns) - 1
+                if i >= 0 and r.ts[i] >= cut:
+                    out[k] = r.values[i]
+        return out
 
     def events(self, start_ns: int, end_ns: int, *, kinds: Sequence[str] | None = None) -> list[Event]:
         """Observable events with start <= ts < end, oldest first."""
