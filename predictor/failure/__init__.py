@@ -1,0 +1,1 @@
+"""GPU failure prediction (features, labels, calibrated model, explanations, evaluation) and fleet reliability."""

@@ -1,0 +1,328 @@
+"""Train, score and evaluate over traces: features → labels → model → threshold, one trace at a time.
+
+Each trace is read through its own TraceView (two simulated fleets may reuse node names and times, so
+they are never merged into one view). Training splits GPUs and time (train GPUs on the earlier part,
+validation GPUs on the later part), fits on the training part, picks the operating threshold on the
+validation part to meet the false-alarm budget. The model saved is the one fitted on the training part,
+so that its threshold was chosen for exactly that model.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from collector.series_view import SeriesView, TraceView
+from predictor.failure.evaluate import (
+    Episode,
+    Scores,
+    TruthFailure,
+    baseline_scores,
+    episodes,
+    first_failure,
+    pr_auc,
+    sample_truth,
+    score,
+    truth_failures,
+)
+from predictor.failure.explain import Reason, explain
+from predictor.failure.features import FEATURE_NAMES, LOOKBACK_S, METRICS_READ, FeatureFrame, compute_features
+from predictor.failure.labels import DEFAULT_HORIZON_S, LABEL_METRICS, failure_times, sample_labels
+from predictor.failure.model import FailureRiskModel, SampleSet, flatten, split_by_gpu_and_time
+from predictor.failure.modelfile import ModelFile
+
+log = logging.getLogger("fleetwatch.failure")
+
+DEFAULT_STEP_S = 900.0
+DEFAULT_EVERY = 2                      # score every 2nd grid point (30 min at 900 s)
+WARMUP_S = 6 * 3600.0                  # samples this early in a trace have too little history to train on
+FA_BUDGET = 0.05                       # false alarms per 1,000 GPU-days targeted on validation (half of 0.1)
+MIN_PRECISION = 0.9
+MAX_NEGATIVES = 150_000
+
+
+@dataclass(slots=True)
+class TraceData:
+    """One trace's features and observed labels."""
+
+    path: str
+    view: SeriesView
+    frame: FeatureFrame
+    start_ns: int
+    end_ns: int
+    failures: dict[int, int]          # GPU row -> first observed failure (ns)
+
+
+def trace_span(view: SeriesView, path: str | Path) -> tuple[int, int]:
+    """The trace's first and last sample time; ValueError when it holds no metrics."""
+    span = view.span()
+    if span is None:
+        raise ValueError(f"{path}: the trace holds no metric samples")
+    return span
+
+
+def load_trace(path: str | Path, step_s: float = DEFAULT_STEP_S, every: int = DEFAULT_EVERY) -> TraceData:
+    """Features (whole span) and observed failure times of one trace."""
+    view = TraceView(path)
+    lo, hi = trace_span(view, path)
+    view.prefetch(sorted({*METRICS_READ, *LABEL_METRICS}))
+    frame = compute_features(view, lo, hi, step_s, every=every)
+    if not frame.keys:
+        raise ValueError(f"{path}: the trace has no GPUs")
+    fails = failure_times(view, frame.keys, lo, hi, step_s)
+    row = {k: i for i, k in enumerate(frame.keys)}
+    return TraceData(str(path), view, frame, lo, hi, {row[k]: t for k, t in fails.items()})
+
+
+def _labels(td: TraceData, horizon_s: float) -> tuple[np.ndarray, np.ndarray]:
+    fails = {td.frame.keys[g]: t for g, t in td.failures.items()}
+    y, valid = sample_labels(td.frame.keys, td.frame.ts_ns, fails, horizon_s, end_ns=td.end_ns)
+    valid &= (td.frame.ts_ns >= td.start_ns + int(WARMUP_S * 1e9))[None, :]
+    return y, valid
+
+
+def observed_failures(td: TraceData, gpus: np.ndarray | None = None) -> list[TruthFailure]:
+    """The observed (label) failures as evaluation records (precursors unknown: counted as True)."""
+    return [TruthFailure(g, t, True, "observed") for g, t in td.failures.items() if gpus is None or gpus[g]]
+
+
+def choose_threshold(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, failures: Sequence[TruthFailure],
+                     gpu_days: float, horizon_s: float, *, fa_budget: float = FA_BUDGET,
+                     min_precision: float = MIN_PRECISION) -> tuple[float, Scores]:
+    """The lowest threshold whose false alarms and precision meet the targets (else the best precision)."""
+    if not failures:            # nothing to tune against: a conservative default
+        return 0.5, score(episodes(risk, valid, ts_ns, 0.5), failures, gpus=risk.shape[0], gpu_days=gpu_days,
+                          horizon_s=horizon_s, threshold=0.5)
+    vals = risk[valid]
+    cand = np.unique(np.quantile(vals[vals > 0.01], np.linspace(0.5, 1.0, 120))) if (vals > 0.01).any() else []
+    best: tuple[float, Scores] | None = None
+    fallback: tuple[tuple[float, float], float, Scores] | None = None
+    for thr in cand:
+        s = score(episodes(risk, valid, ts_ns, float(thr)), failures, gpus=risk.shape[0], gpu_days=gpu_days,
+                  horizon_s=horizon_s, threshold=float(thr))
+        if (s.false_alarms_per_1000_gpu_days <= fa_budget and (s.precision or 0.0) >= min_precision
+                and best is None):
+            best = (float(thr), s)
+        key = ((s.precision or 0.0) - s.false_alarms_per_1000_gpu_days, s.recall or 0.0)
+        if fallback is None or key > fallback[0]:
+            fallback = (key, float(thr), s)
+    if best is not None:
+        return best
+    if fallback is not None:
+        return fallback[1], fallback[2]
+    return 0.5, score([], failures, gpus=risk.shape[0], gpu_days=gpu_days, horizon_s=horizon_s, threshold=0.5)
+
+
+def _gpu_days(valid: np.ndarray, ts_ns: np.ndarray) -> float:
+    step = float(np.median(np.diff(ts_ns))) / 1e9 if len(ts_ns) > 1 else 0.0
+    return float(valid.sum()) * step / 86400.0
+
+
+def _samples(data: Sequence[TraceData], horizon_s: float, select: Callable[[TraceData], np.ndarray] | None,
+             seed: int) -> SampleSet:
+    parts: list[SampleSet] = []
+    offset = 0
+    per_trace = MAX_NEGATIVES // max(1, len(data))
+    for td in data:
+        y, valid = _labels(td, horizon_s)
+        if select is not None:
+            valid &= select(td)
+        parts.append(flatten(td.frame.X, y, td.frame.ts_ns, valid, max_negatives=per_trace, seed=seed,
+                             gpu_offset=offset))
+        offset += len(td.frame.keys)
+    return SampleSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("X", "y", "gpu", "ts_ns", "weight")))
+
+
+def train(traces: Sequence[str | Path], *, horizon_s: float = DEFAULT_HORIZON_S, step_s: float = DEFAULT_STEP_S,
+          every: int = DEFAULT_EVERY, seed: int = 0, fa_budget: float = FA_BUDGET,
+          min_precision: float = MIN_PRECISION, progress: Callable[[str], None] | None = None) -> ModelFile:
+    """Train a model file on traces (their observable events and metrics only)."""
+    say = progress or (lambda _m: None)
+    data = []
+    for t in traces:
+        say(f"features: {t}")
+        data.append(load_trace(t, step_s, every))
+    splits = {id(td): split_by_gpu_and_time(len(td.frame.keys), td.frame.ts_ns, seed=seed) for td in data}
+
+    def train_part(td: TraceData) -> np.ndarray:
+        tr, _, cut = splits[id(td)]
+        return tr[:, None] & (td.frame.ts_ns < cut)[None, :]
+
+    say("fitting on the training split")
+    s = _samples(data, horizon_s, train_part, seed)
+    model = FailureRiskModel(random_state=seed).fit(s.X, s.y, sample_weight=s.weight, groups=s.gpu)
+    # threshold on the validation GPUs' later period, all traces pooled
+    risks, valids, fails, ts_all, days = [], [], [], [], 0.0
+    gpu_base = 0
+    for td in data:
+        _, va, cut = splits[id(td)]
+        _, valid = _labels(td, horizon_s)
+        valid &= va[:, None] & (td.frame.ts_ns >= cut)[None, :]
+        g, t, f = td.frame.X.shape
+        risk = model.risk(td.frame.X.reshape(-1, f)).reshape(g, t)
+        risks.append(risk)
+        valids.append(valid)
+        ts_all.append(td.frame.ts_ns)
+        fails.extend(TruthFailure(x.gpu + gpu_base, x.ts_ns, True, x.kind)
+                     for x in observed_failures(td, va) if x.ts_ns >= cut)
+        days += _gpu_days(valid, td.frame.ts_ns)
+        gpu_base += g
+    thr, val_scores = _pooled_threshold(risks, valids, ts_all, fails, days, horizon_s, fa_budget, min_precision)
+    say(f"threshold {thr:.4f} on validation: precision {val_scores.precision}, recall {val_scores.recall}, "
+        f"{val_scores.false_alarms_per_1000_gpu_days:.3f} false alarms / 1000 GPU-days")
+    # No refit on everything: the threshold was chosen for this very model (and fitting is the slow part).
+    final = model
+    s_all = s
+    neg = s_all.X[s_all.y == 0]
+    median = np.nanmedian(neg, axis=0) if len(neg) else np.zeros(len(FEATURE_NAMES))
+    q75, q25 = (np.nanpercentile(neg, q, axis=0) for q in (75, 25)) if len(neg) else (median, median)
+    scale = np.where(q75 - q25 > 0, q75 - q25, np.maximum(np.nanstd(neg, axis=0) if len(neg) else 1.0, 1e-6))
+    training = {
+        "traces": [str(t) for t in traces], "start_ns": min(td.start_ns for td in data),
+        "end_ns": max(td.end_ns for td in data), "gpus": int(sum(len(td.frame.keys) for td in data)),
+        "failures": int(sum(len(td.failures) for td in data)), "samples": len(s_all.y),
+        "positives": int(s_all.y.sum()), "validation": val_scores.as_dict(), "seed": seed,
+        "fa_budget": fa_budget, "min_precision": min_precision,
+    }
+    return ModelFile(estimator=final, threshold=thr, horizon_s=horizon_s, step_s=step_s,
+                     fleet_median=median.astype(np.float64), fleet_scale=scale.astype(np.float64), training=training)
+
+
+def _pooled_threshold(risks: list[np.ndarray], valids: list[np.ndarray], ts_all: list[np.ndarray],
+                      fails: list[TruthFailure], days: float, horizon_s: float, fa_budget: float,
+                      min_precision: float) -> tuple[float, Scores]:
+    # traces may have different grids: pad to the longest so that episodes() sees one array
+    t_max = max(len(t) for t in ts_all)
+    risk = np.vstack([np.pad(r, ((0, 0), (0, t_max - r.shape[1]))) for r in risks])
+    valid = np.vstack([np.pad(v, ((0, 0), (0, t_max - v.shape[1]))) for v in valids])
+    if len({len(t) for t in ts_all}) > 1 or any(not np.array_equal(t, ts_all[0]) for t in ts_all):
+        # align by position (same step): time only matters relative to each GPU's own failures
+        base = ts_all[int(np.argmax([len(t) for t in ts_all]))]
+        shifted: list[TruthFailure] = []
+        g0 = 0
+        for r, t in zip(risks, ts_all, strict=True):
+            delta = int(base[0] - t[0])
+            shifted.extend(TruthFailure(f.gpu, f.ts_ns + delta, f.had_precursors, f.kind)
+                           for f in fails if g0 <= f.gpu < g0 + r.shape[0])
+            g0 += r.shape[0]
+        fails, ts = shifted, base
+    else:
+        ts = ts_all[0]
+    return choose_threshold(risk, valid, ts, fails, days, horizon_s, fa_budget=fa_budget,
+                            min_precision=min_precision)
+
+
+@dataclass(slots=True)
+class GpuScore:
+    """One GPU's latest risk and its reasons."""
+
+    node: str
+    entity: str
+    gpu: str
+    ts_ns: int
+    risk: float
+    max_risk: float
+    alert: bool
+    reasons: list[Reason]
+
+
+def score_view(model: ModelFile, view: SeriesView, at_ns: int, *, history_s: float = 0.0,
+               top: int = 3) -> list[GpuScore]:
+    """Score every GPU the view knows at `at_ns` (and report its maximum over history_s before)."""
+    start = at_ns - int(history_s * 1e9)
+    frame = compute_features(view, start, at_ns, model.step_s)
+    if not frame.keys or not len(frame.ts_ns):
+        return []
+    g, t, f = frame.X.shape
+    risk = model.estimator.risk(frame.X.reshape(-1, f)).reshape(g, t)
+    last = frame.X[:, -1, :]
+    reasons = explain(model.estimator, last, model.fleet_median, model.fleet_scale, top=top, base=risk[:, -1])
+    ents = view.entities()
+    out = []
+    for i, k in enumerate(frame.keys):
+        e = ents.get(k)
+        gpu = e.labels[1] if e is not None and e.kind == "gpu" and len(e.labels) > 1 else ""
+        out.append(GpuScore(k.node, k.entity, gpu, int(frame.ts_ns[-1]), float(risk[i, -1]),
+                            float(risk[i].max()), bool(risk[i, -1] >= model.threshold), reasons[i]))
+    out.sort(key=lambda s: -s.risk)
+    return out
+
+
+def score_traces(model: ModelFile, traces: Sequence[str | Path], *, history_s: float = 24 * 3600.0,
+                 top: int = 3) -> list[GpuScore]:
+    """Score every GPU of each trace at the trace's last sample."""
+    out: list[GpuScore] = []
+    for t in traces:
+        view = TraceView(t)
+        _, hi = trace_span(view, t)
+        out.extend(score_view(model, view, hi, history_s=history_s, top=top))
+    out.sort(key=lambda s: -s.risk)
+    return out
+
+
+def evaluate(model: ModelFile, traces: Sequence[str | Path], *, horizon_s: float | None = None,
+             every: int = DEFAULT_EVERY, threshold: float | None = None) -> dict[str, object]:
+    """Model and rule-baseline figures against the traces' ground truth (pooled over traces)."""
+    h = model.horizon_s if horizon_s is None else horizon_s
+    thr = model.threshold if threshold is None else threshold
+    m_eps: list[Episode] = []
+    b_eps_scores: list[Scores] = []
+    fails_all: list[TruthFailure] = []
+    ys, vs, rs = [], [], []
+    days = 0.0
+    gpus = 0
+    for t in traces:
+        td = load_trace(t, model.step_s, every)
+        keys = td.frame.keys
+        # scores start once the windows have full history, as live scoring would after a day of data
+        start = td.start_ns + int(min(LOOKBACK_S, WARMUP_S) * 1e9)
+        fails = truth_failures([t], keys, start, td.end_ns)
+        first = first_failure(fails, len(keys))
+        obs = np.array([td.failures.get(i, np.iinfo(np.int64).max) for i in range(len(keys))], dtype=np.int64)
+        y, valid = sample_truth(td.frame.ts_ns, np.minimum(first, obs), h, td.end_ns + int(h * 1e9))
+        valid &= (td.frame.ts_ns >= start)[None, :]
+        g, n_t, f = td.frame.X.shape
+        risk = model.estimator.risk(td.frame.X.reshape(-1, f)).reshape(g, n_t)
+        d = _gpu_days(valid, td.frame.ts_ns)
+        eps = episodes(risk, valid, td.frame.ts_ns, thr)
+        m_eps.extend(Episode(e.gpu + gpus, e.start_ns, e.end_ns) for e in eps)
+        fails_all.extend(TruthFailure(x.gpu + gpus, x.ts_ns, x.had_precursors, x.kind) for x in fails)
+        b_eps_scores.append(baseline_scores(td.view, keys, fails, start, td.end_ns, model.step_s, d, h))
+        _, v_auc = sample_truth(td.frame.ts_ns, first, h, td.end_ns)
+        ys.append(y[valid & v_auc])
+        rs.append(risk[valid & v_auc])
+        vs.append(d)
+        days += d
+        gpus += g
+    yy, rr = np.concatenate(ys), np.concatenate(rs)
+    auc = pr_auc(rr[None, :], yy[None, :], np.ones((1, len(yy)), dtype=bool))
+    s = score(m_eps, fails_all, gpus=gpus, gpu_days=days, horizon_s=h, threshold=thr, pr_auc=auc)
+    out: dict[str, object] = {k: v for k, v in s.as_dict().items()}
+    out["baseline"] = _pool_baseline(b_eps_scores, gpus, days)
+    out["model_version"] = model.version
+    out["horizon_h"] = h / 3600.0
+    return out
+
+
+def _pool_baseline(parts: list[Scores], gpus: int, days: float) -> dict[str, object]:
+    alerts = sum(p.alerts for p in parts)
+    fa = sum(p.false_alarms for p in parts)
+    failures = sum(p.failures for p in parts)
+    caught = sum(p.caught for p in parts)
+    pre = sum(p.with_precursors for p in parts)
+    rwp = sum(p.caught_with_precursors for p in parts) / pre if pre else None
+    return {
+        "precision": (alerts - fa) / alerts if alerts else None,
+        "recall": caught / failures if failures else None,
+        "recall_with_precursors": rwp,
+        "pr_auc": None,
+        "median_lead_time_h": 0.0 if caught else None,
+        "p10_lead_time_h": 0.0 if caught else None,
+        "false_alarms_per_1000_gpu_days": 1000.0 * fa / days if days > 0 else 0.0,
+        "threshold": None, "gpus": gpus, "gpu_days": days, "failures": failures,
+        "alerts": alerts, "false_alarms": fa, "caught": caught,
+    }

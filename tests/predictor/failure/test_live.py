@@ -1,0 +1,74 @@
+"""`fleetwatch run` scores every GPU live: an injected fault's GPU gets the highest risk."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from fleetwatch.config import ConfigError, load_config
+from predictor.failure.live import build
+from predictor.failure.modelfile import load
+from tests.test_e2e_prometheus import http_get, start_fleetwatch, stop, wait_until
+
+
+def _risks(port: int) -> tuple[dict[tuple[str, str], float], dict[str, str], list[dict[str, str]]]:
+    _, text = http_get(f"http://127.0.0.1:{port}/metrics")
+    risk: dict[tuple[str, str], float] = {}
+    info: dict[str, str] = {}
+    reasons: list[dict[str, str]] = []
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            if s.name == "fleetwatch_gpu_failure_risk":
+                risk[(s.labels["node"], s.labels["gpu"])] = s.value
+            elif s.name == "fleetwatch_failure_model_info":
+                info = dict(s.labels)
+            elif s.name == "fleetwatch_gpu_failure_risk_reason":
+                reasons.append(dict(s.labels))
+    return risk, info, reasons
+
+
+def test_injected_fault_gpu_has_the_highest_risk(tmp_path: Path) -> None:
+    # HBM degradation on node-0 GPU 3, 30 simulated minutes in; its precursors last 20 minutes.
+    proc, port = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "600",
+                                  "--inject", "hbm-degradation@node-0/3+30m")
+    try:
+        def faulty_on_top() -> bool:
+            risk, _, _ = _risks(port)
+            if len(risk) < 8:
+                return False
+            top = risk[("node-0", "3")]
+            return all(top > v for k, v in risk.items() if k != ("node-0", "3"))
+
+        wait_until(faulty_on_top, 90, "the faulty GPU's risk above its peers'", proc)
+        risk, info, reasons = _risks(port)
+        assert all(0.0 <= v <= 1.0 for v in risk.values())
+        assert info["kind"] == "anomaly"
+        assert any(r["node"] == "node-0" and r["gpu"] == "3" for r in reasons)
+    finally:
+        stop(proc)
+    assert proc.returncode == 0
+
+
+def test_run_with_a_model_exports_its_version(tmp_path: Path, model_path: Path) -> None:
+    proc, port = start_fleetwatch(tmp_path, "--simulate", "1x4", "--speed", "600", "--failure-model",
+                                  str(model_path))
+    try:
+        wait_until(lambda: len(_risks(port)[0]) == 4, 60, "risk of 4 GPUs", proc)
+        risk, info, _ = _risks(port)
+        assert info["version"] == load(model_path).version and info["kind"] == "supervised"
+        assert all(0.0 <= v <= 1.0 for v in risk.values())
+    finally:
+        stop(proc)
+
+
+def test_bad_model_file_is_a_config_error(tmp_path: Path) -> None:
+    bad = tmp_path / "m.joblib"
+    bad.write_text("nope")
+    cfg = load_config(None, {"failure": {"model": str(bad)}})
+    with pytest.raises(ConfigError, match=r"failure\.model: .*m\.joblib"):
+        build(cfg, None)
+    assert build(load_config(None, {"failure": {"enabled": False}}), None) is None
+    with pytest.raises(ConfigError, match="failure"):
+        load_config(None, {"failure": {"source": "ftp://x"}})
