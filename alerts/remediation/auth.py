@@ -36,15 +36,16 @@ def read_secret_file(path: str | Path, what: str) -> bytes:
 def ensure_token_file(path: Path) -> tuple[bytes, bool]:
     """The token stored at `path`, generating it (mode 0600, created exclusively) on first start.
 
-    Returns (token, created). An existing file readable by group or others is refused: it is a credential.
+    Returns (token, created). An existing file that others can read, or group members write, is refused: it
+    is a credential. Group read is allowed: Kubernetes gives mounted Secrets the pod's fsGroup that way.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         mode = stat.S_IMODE(path.stat().st_mode)
-        if mode & 0o077:
-            raise AuthConfigError(f"webhook token file {path}: mode {mode:04o} lets others read it; "
+        if mode & 0o027:
+            raise AuthConfigError(f"webhook token file {path}: mode {mode:04o} lets others read or change it; "
                                   f"chmod 600 it") from None
         return read_secret_file(path, "webhook token file"), False
     token = secrets.token_urlsafe(32).encode()
