@@ -40,10 +40,10 @@ def build(ctx: Ctx) -> db.Dashboard:
         ctx, "Remediation actions", "none",
         [Q(f'sum by (action, result) (increase({REMEDIATION}{{node=~"$node"}}[$__rate_interval]))',
            legend="{{action}} {{result}}")],
-        "Remediation actions taken (drain, reset, ...) by outcome.", waits=REMEDIATION, stack=True, fill=40))
+        "Remediation actions taken (drain, reset, ...) by outcome.", stack=True, fill=40))
     d = d.with_panel(text_panel(
         ctx, "Remediation audit log",
         f"Each remediation step is recorded in fleetwatch's audit log and shown on every panel of this "
-        f"dashboard as an annotation tagged `{AUDIT_TAG}` (toggle 'Remediation audit' at the top). Until the "
-        f"alerting and remediation service (issue 6) writes them, there is nothing to show."))
+        f"dashboard as an annotation tagged `{AUDIT_TAG}` (toggle 'Remediation audit' at the top), which "
+        f"fleetwatch posts when `remediation.grafana_url` is set. The full log: `fleetwatch remediation audit`."))
     return d

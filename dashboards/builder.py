@@ -35,12 +35,7 @@ GRAFANA_UNITS: dict[str, str] = {
 }
 # Metrics that later issues add; panels that use them stay in place and say what they wait for.
 WAITING_METRICS: dict[str, str] = {
-    "fleetwatch_power_forecast_watts": "the power forecast (predictor issue)",
-    "fleetwatch_energy_forecast_joules": "the energy forecast (predictor issue)",
-    "fleetwatch_gpu_failure_risk": "the failure-risk model (predictor issue)",
-    "fleetwatch_gpu_failure_risk_reason": "the failure-risk model (predictor issue)",
     "fleetwatch_facility_power_watts": "a facility (whole-site) power metric, configured per site",
-    "fleetwatch_remediation_actions_total": "the alerting and remediation issue (6)",
 }
 WAITS_PREFIX = "Waits for "
 

@@ -71,12 +71,13 @@ def build(ctx: Ctx) -> db.Dashboard:
          Q(f'{fc},quantile="0.5"}}', legend="forecast (median) {{horizon}}"),
          Q(f'{fc},quantile="0.1"}}', legend="p10 {{horizon}}"),
          Q(f'{fc},quantile="0.9"}}', legend="p90 {{horizon}}")],
-        "Actual fleet GPU power with the forecast's median and its 10–90 % band.",
-        waits="fleetwatch_power_forecast_watts", w=16, fill=0))
+        "Actual fleet GPU power with the forecast's median and its 10–90 % band (the 80 % interval), per "
+        "horizon; the forecast is drawn at the time it was made, not at the time it is for.",
+        w=16, fill=0))
     d = d.with_panel(stat_panel(
         ctx, "Energy forecast, next 24 h", "joule",
-        [Q('sum(fleetwatch_energy_forecast_joules{horizon="24h"})', instant=True)],
-        "Forecast GPU energy over the next day.", waits="fleetwatch_energy_forecast_joules", w=8, h=8))
+        [Q('sum(fleetwatch_energy_forecast_joules{scope="fleet",horizon="24h",quantile="0.5"})', instant=True)],
+        "Forecast fleet GPU energy over the next day (median).", w=8, h=8))
     d = d.with_panel(text_panel(ctx, "About these numbers",
                                 "Energy comes from each GPU's own energy counter (NVML), not from integrating "
                                 "samples. Cost and carbon use the two text boxes at the top; set them to your "

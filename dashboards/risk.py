@@ -32,17 +32,17 @@ def build(ctx: Ctx) -> db.Dashboard:
     d = d.with_panel(bargauge_panel(
         ctx, "Highest-risk GPUs", "percentunit",
         [Q(f"topk(15, {RISK}{{{sel}}})", legend="{{node}} GPU {{gpu}}", instant=True)],
-        "Predicted probability that the GPU fails within the model's horizon (0–1).", waits=RISK, max_val=1,
+        "Predicted probability that the GPU fails within the model's horizon (0–1).", max_val=1,
         thresholds=[(None, "green"), (0.2, "orange"), (0.5, "red")]))
     d = d.with_panel(table_panel(
         ctx, "Reasons", "percentunit",
         [Q(f"topk(30, {REASON}{{{sel}}})", instant=True, table=True)],
-        "The factors behind each GPU's risk (reason label) and their contribution.", waits=REASON,
+        "The factors behind each GPU's risk (reason label) and their contribution.",
         hide=["Time", "__name__"]))
     d = d.with_row(row(ctx, "History"))
     d = d.with_panel(timeseries_panel(
         ctx, "Risk over time", "percentunit", [Q(f"{RISK}{{{sel}}}", legend="{{node}} GPU {{gpu}}")],
-        "Predicted failure risk of the selected GPUs.", waits=RISK, w=16, fill=0, min_val=0))
+        "Predicted failure risk of the selected GPUs.", w=16, fill=0, min_val=0))
     d = d.with_panel(text_panel(
         ctx, "How to read this",
         "Risk comes from the predictor (`fleetwatch_gpu_failure_risk{node,gpu,uuid}`, 0–1) and its reasons "

@@ -84,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
 # Modules that add subcommands (and flags on `run`/`replay`): each has
 # add_parsers(sub, parsers) -> {command: handler}; `parsers` holds the existing run/replay/collect parsers.
 CLI_EXTENSIONS: list[str] = [
+    "fleetwatch.commands.forecast",
+    "fleetwatch.commands.failure",
+    "fleetwatch.commands.rules",
+    "fleetwatch.commands.remediation",
 ]
 
 
@@ -368,12 +372,14 @@ def cmd_compact(args: argparse.Namespace) -> int:
     """fleetwatch compact."""
     from collector.compact import compact
     from collector.trace_io import TraceError
+    from fleetwatch.analysis.rollup import after_compaction
     from fleetwatch.config import parse_duration, parse_size
 
     try:
         age = parse_duration(args.retention_age) if args.retention_age else None
         size = parse_size(args.retention_size) if args.retention_size else None
-        report = compact(args.trace_dir, retention_age_s=age, retention_bytes=size, all_days=args.all_days)
+        report = compact(args.trace_dir, retention_age_s=age, retention_bytes=size, all_days=args.all_days,
+                         after_day=after_compaction)
     except (TraceError, ValueError, OSError) as err:
         raise ConfigError(f"compact: {err}") from err
     for line in report.lines():
@@ -457,4 +463,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # `python -m fleetwatch.cli` runs this file as __main__: use the importable module instead, so that the
+    # OVERRIDE_FLAGS and COMMANDS which CLI extensions register (on fleetwatch.cli) are the ones consulted.
+    sys.exit(importlib.import_module("fleetwatch.cli").main())

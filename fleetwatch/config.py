@@ -6,55 +6,21 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from collector.config_types import (  # noqa: F401 (re-exported)
+    ConfigError,
+    Duration,
+    Size,
+    parse_duration,
+    parse_hostport,
+    parse_size,
+)
 
 ENV_PREFIX = "FLEETWATCH_"
-_DUR = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
-_DUR_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|KB|MB|GB)?\s*$")
-_SIZE_UNITS = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024**2, "GiB": 1024**3, "KB": 1000, "MB": 1000**2,
-               "GB": 1000**3}
-
-
-class ConfigError(ValueError):
-    """Invalid configuration; the message names the key and the value."""
-
-
-def parse_duration(v: Any) -> float:
-    """'10s', '1m', '250ms', '2h', '1d' or a number of seconds → seconds."""
-    if isinstance(v, bool):
-        raise ValueError(f"expected a duration like 10s, got {v!r}")
-    if isinstance(v, int | float):
-        return float(v)
-    m = _DUR.match(str(v))
-    if not m:
-        raise ValueError(f"expected a duration like 10s, 1m or 250ms, got {v!r}")
-    return float(m.group(1)) * _DUR_UNITS[m.group(2)]
-
-
-def parse_size(v: Any) -> int:
-    """'64MiB', '1GiB' or a number of bytes → bytes."""
-    if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    m = _SIZE.match(str(v))
-    if not m:
-        raise ValueError(f"expected a size like 64MiB, got {v!r}")
-    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2)])
-
-
-Duration = Annotated[float, BeforeValidator(parse_duration)]
-Size = Annotated[int, BeforeValidator(parse_size)]
-
-
-def parse_hostport(v: str) -> tuple[str, int]:
-    """'HOST:PORT', ':PORT' or '[v6]:PORT' → (host, port)."""
-    host, sep, port = str(v).rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT, got {v!r}")
-    return (host.strip("[]") or "0.0.0.0"), int(port)
 
 
 def parse_simulate(v: str) -> tuple[int, int]:
@@ -98,6 +64,157 @@ class RecordConfig(BaseModel):
     retention_size: Size | None = None           # and at most this many bytes (None: no limit)
 
 
+class RemediationLimitsConfig(BaseModel):
+    """remediation.limits: safety limits (alerts/remediation/safety.py says why each default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    global_max: int = Field(default=10, ge=0)
+    global_window: Duration = 3600.0
+    per_action_max: int = Field(default=5, ge=0)
+    per_action_window: Duration = 3600.0
+    blast_max_nodes: int = Field(default=2, ge=0)
+    blast_max_fraction: float = Field(default=0.10, ge=0.0, le=1.0)
+    blast_window: Duration = 3600.0
+    cooldown: Duration = 1800.0
+    fleet_nodes: int | None = Field(default=None, ge=1)     # None: the nodes fleetwatch sees
+
+
+class RemediationConfig(BaseModel):
+    """remediation: the Alertmanager webhook receiver and the actions it may take (dry-run by default)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool | None = None               # None: on when `listen` is set (--receiver-listen)
+    listen: str | None = None                 # default 0.0.0.0:9401 when enabled
+    token_file: str | None = None             # None: <data_dir>/remediation/webhook-token, generated (0600)
+    hmac_secret_file: str | None = None       # X-Fleetwatch-Signature: sha256=HMAC(secret, body)
+    auth_disabled: bool = False               # only for a receiver on loopback behind something that authenticates
+    policy_file: str | None = None            # None: no actions (every alert is still audited)
+    mode: Literal["dry-run", "enforce"] = "dry-run"
+    audit_file: str | None = None             # None: <data_dir>/remediation/audit.jsonl
+    max_body: Size = 1024 * 1024
+    queue_size: int = Field(default=1000, ge=1)
+    grafana_url: str | None = None            # annotations tagged fleetwatch-remediation (optional)
+    grafana_token_file: str | None = None
+    limits: RemediationLimitsConfig = Field(default_factory=RemediationLimitsConfig)
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, v: str | None) -> str | None:
+        if v is not None:
+            parse_hostport(v)
+        return v
+
+
+class AlertsConfig(BaseModel):
+    """alerts: the rule engine inside `fleetwatch run` and delivery to Alertmanager (alerts/)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    rules: str | None = None                  # rule file; None: the built-in defaults (alerts/defaults.yml)
+    interval: Duration = 15.0                 # evaluation interval, in the service clock's time
+    alertmanagers: list[str] = Field(default_factory=list)     # base URLs, e.g. http://alertmanager:9093
+    outbox_dir: str | None = None             # None: <data_dir>/alerts/outbox
+    outbox_max_alerts: int = Field(default=10_000, ge=1)
+    timeout: Duration = 10.0                  # per POST to an Alertmanager
+    power_budget_watts: float | None = Field(default=None, gt=0)   # for forecast rules without their own budget
+    external_url: str | None = None           # base of generatorURL; None: http://<node>:<listen port>
+
+    @field_validator("interval", "timeout")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+    @field_validator("alertmanagers", mode="before")
+    @classmethod
+    def _urls(cls, v: Any) -> Any:
+        from alerts.alertmanager import check_url
+
+        if isinstance(v, str):          # FLEETWATCH_ALERTS__ALERTMANAGERS=url1,url2
+            v = [u for u in v.split(",") if u.strip()]
+        if isinstance(v, list):
+            return [check_url(str(u).strip()) for u in v]
+        return v
+
+
+class EnergyConfig(BaseModel):
+    """energy: power and energy forecasts (predictor/energy), their tariff, carbon, PUE and budget."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    horizons: list[Duration] = Field(default_factory=lambda: [900.0, 3600.0, 86400.0])
+    step: Duration = 300.0                      # forecast grid
+    history: Duration = 14 * 86400.0            # history kept and fitted on
+    evaluate_interval: Duration = 300.0         # data time between published forecasts
+    refit_interval: Duration = 6 * 3600.0       # data time between backtest + refits
+    backtest_days: float = Field(default=2.0, gt=0)
+    models: list[str] = Field(default_factory=lambda: ["last_value", "seasonal_naive", "holt_winters", "gbm"])
+    statsmodels_max_series: int = Field(default=12, ge=0)
+    price_per_kwh: float | list[float] = 0.15      # one price or 24 hourly prices (UTC)
+    carbon_g_per_kwh: float | list[float] = 400.0  # one intensity or 24 hourly values
+    pue: float | None = Field(default=None, ge=1.0)                 # constant PUE, if known
+    facility_power_watts: float | None = Field(default=None, gt=0)  # constant facility power, if known
+    budget_watts: float | None = Field(default=None, gt=0)          # fleet power budget
+    node_budget_watts: float | None = Field(default=None, gt=0)     # per-node power budget
+
+    @field_validator("horizons", "step", "evaluate_interval", "refit_interval", "history")
+    @classmethod
+    def _positive(cls, v: Any) -> Any:
+        for x in v if isinstance(v, list) else [v]:
+            if x <= 0:
+                raise ValueError(f"must be > 0, got {x}")
+        if isinstance(v, list) and not v:
+            raise ValueError("give at least one horizon")
+        return v
+
+    @field_validator("models")
+    @classmethod
+    def _models(cls, v: list[str]) -> list[str]:
+        known = ("last_value", "seasonal_naive", "holt_winters", "sarimax", "gbm")
+        bad = [m for m in v if m not in known]
+        if bad or not v:
+            raise ValueError(f"unknown model(s) {bad}; choose from {', '.join(known)}")
+        return v
+
+    @field_validator("price_per_kwh", "carbon_g_per_kwh")
+    @classmethod
+    def _rate(cls, v: float | list[float]) -> float | list[float]:
+        vals = v if isinstance(v, list) else [v]
+        if isinstance(v, list) and len(v) != 24:
+            raise ValueError(f"give one value or 24 hourly values, got {len(v)}")
+        if any(x < 0 for x in vals):
+            raise ValueError("must be >= 0")
+        return v
+
+
+class FailureConfig(BaseModel):
+    """failure: live GPU failure-risk scoring (predictor/failure)."""
+
+    model_config = ConfigDict(extra="forbid")
+    enabled: bool = True
+    model: str | None = None                # model file from `fleetwatch train`; None: unsupervised anomaly score
+    interval: Duration = 60.0               # data time between scoring rounds
+    step: Duration = 60.0                   # feature grid step without a model (a model brings its own)
+    horizon: Duration = 86400.0             # documented horizon of the risk (a model brings its own)
+    threshold: float | None = Field(default=None, ge=0.0, le=1.0)   # alert threshold; None: the model's
+    source: str = "local"                   # "local" (this node's readings) or a Prometheus API URL
+
+    @field_validator("interval", "step", "horizon")
+    @classmethod
+    def _positive(cls, v: float) -> float:
+        if v <= 0:
+            raise ValueError(f"must be > 0, got {v}")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v not in ("", "local") and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"expected 'local' or an http(s):// Prometheus URL, got {v!r}")
+        return v
+
+
 class Config(BaseModel):
     """The whole fleetwatch configuration."""
 
@@ -117,6 +234,10 @@ class Config(BaseModel):
     rootfs: str = "/"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     record: RecordConfig = Field(default_factory=RecordConfig)
+    remediation: RemediationConfig = Field(default_factory=RemediationConfig)
+    alerts: AlertsConfig = Field(default_factory=AlertsConfig)
+    energy: EnergyConfig = Field(default_factory=EnergyConfig)
+    failure: FailureConfig = Field(default_factory=FailureConfig)
     collector: dict[str, SourceConfig] = Field(default_factory=dict)
 
     @field_validator("listen")

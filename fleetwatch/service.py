@@ -96,6 +96,10 @@ class Component(Protocol):
 # Builders of the service's components, in data-flow order: "module:function", each called with
 # (config, service) and returning a Component or None (disabled by configuration).
 COMPONENT_BUILDERS: list[str] = [
+    "predictor.energy.live:build",
+    "predictor.failure.live:build",
+    "alerts.live:build",            # after the predictors: it reads what they publish
+    "alerts.remediation.live:build",
 ]
 
 
@@ -309,16 +313,19 @@ async def run_service(svc: Service, stop: asyncio.Event | None = None, announce:
             loop.add_signal_handler(sig, stop.set)
     host, port = parse_hostport(svc.config.listen)
     bound = await svc.exporter.start(host, port)
+    if isinstance(svc.clock, ScaledClock):
+        svc.clock.restart()
     await svc.agent.start(stop)
     tasks: list[asyncio.Task[Any]] = []
     if svc.recorder is not None:
         from collector.compact import Retention, compact_loop
+        from fleetwatch.analysis.rollup import after_compaction
 
         tasks.append(asyncio.create_task(svc.recorder.run(stop), name="recorder"))
         rec = svc.config.record
         tasks.append(asyncio.create_task(compact_loop(
             svc.recorder.data_dir, stop, rec.compact_interval, Retention(rec.retention_age, rec.retention_size),
-            clock=svc.clock), name="compaction"))
+            clock=svc.clock, after_day=after_compaction), name="compaction"))
     if svc.simulator is not None and svc.recorder is not None:
         tasks.append(asyncio.create_task(_ground_truth_loop(svc, stop), name="ground-truth"))
     for comp in svc.components:

@@ -51,7 +51,7 @@ def full_batch() -> Batch:
             elif m.entity == "nvlink":
                 b.add(m.name, nvlink_entity(gpu, 0), 3.0)
             elif m.entity in hosts and i == 0:
-                b.add(m.name, hosts[m.entity], 1.0)
+                b.add(m.name, hosts[m.entity], 1.0, tuple("x" for _ in m.labels))
     return b
 
 

@@ -634,6 +634,8 @@ def _unhealthy_section(d: ReportData, top: int) -> str:
 # Sections the predictor adds, in order: (id, nav title, "module:function"). Each function takes
 # (trace paths, start_ns, end_ns) and returns the section's inner HTML (plots inline, as the others).
 PREDICTOR_SECTIONS: list[tuple[str, str, str]] = [
+    ("energy-forecast", "Power and energy forecast", "fleetwatch.analysis.report_forecast:section"),
+    ("failure-risk", "GPU failure risk", "fleetwatch.analysis.report_risk:section"),
 ]
 
 

@@ -13,6 +13,7 @@ import pytest
 from dashboards.builder import WAITING_METRICS, WAITS_PREFIX
 from dashboards.energy import DEFAULT_GCO2_PER_KWH, DEFAULT_PRICE_PER_KWH
 from dashboards.export import build_all
+from tests.alerts.remediation.helpers import dry_run_receiver_env, send_alert
 from tests.conftest import require_tool
 from tests.test_e2e_prometheus import free_port, http_get, query, start_fleetwatch, stop, wait_until
 
@@ -29,8 +30,11 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     # XIDs (sudden-dbe: XID 48) and host NIC/IB counters from fixture /proc and /sys, named node-0.
     env = {"FLEETWATCH_NODE": "node-0", "FLEETWATCH_PROC_ROOT": str(FIXTURES / "proc"),
            "FLEETWATCH_SYS_ROOT": str(FIXTURES / "sys"), "FLEETWATCH_COLLECTOR__NETDEV__ENABLED": "true"}
+    rx_port = free_port()      # the remediation receiver (dry-run) gets an alert for node-0: its panel has data
+    env.update(dry_run_receiver_env(tmp, rx_port))
     fw, port = start_fleetwatch(tmp, "--simulate", "2x4", "--seed", "7", "--names", "both", "--no-record",
                                 "--inject", "sudden-dbe@node-0/1+1s", env=env)
+    send_alert(rx_port)
     binary = require_tool("prometheus")
     pport = free_port()
     rules = tmp / "rules.yml"
