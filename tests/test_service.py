@@ -90,8 +90,12 @@ async def test_central_config_runs_without_local_sources_and_is_ready(tmp_path: 
     from tests.test_deploy import ROOT as REPO
 
     port = free_port()
+    token = tmp_path / "webhook-token"          # the Secret the deployment mounts
+    token.write_text("s3cret\n")
+    token.chmod(0o600)
     cfg = load_config(REPO / "deploy" / "config" / "central.yml",
-                      {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path)}, environ={})
+                      {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path),
+                       "remediation": {"listen": f"127.0.0.1:{port}", "token_file": str(token)}}, environ={})
     svc = build_service(cfg)
     assert svc.agent.states == {}
     stop = asyncio.Event()
@@ -101,6 +105,9 @@ async def test_central_config_runs_without_local_sources_and_is_ready(tmp_path: 
         async with aiohttp.ClientSession() as http:
             ready = await http.get(f"http://127.0.0.1:{port}/readyz")
             assert ready.status == 200 and "no local sources" in await ready.text()
+            # Alertmanager's webhook is served on the same port and refuses a request without the token.
+            hook = await http.post(f"http://127.0.0.1:{port}/alertmanager/webhook", json={})
+            assert hook.status == 401
     finally:
         stop.set()
         await task
