@@ -10,8 +10,10 @@ the reconciled point forecast itself, so medians add up GPU → node → fleet; 
 MIN_WINDOWS horizon windows, the pool is the seasonal-naive proxy's residuals over all the history, widened
 where the published forecast's mean absolute residual is larger (backtest.py); `Plan.calibration` says which
 pool, how many residuals and how many windows calibrate each level, target and horizon. Without a backtest
-(short history) the intervals are those of a random walk with the series' step-to-step spread, and the series
-is flagged `short_history`.
+(short history) the intervals are those of a random walk with the series' step-to-step spread, at least
+SHORT_HISTORY_SPREAD of the series' level per step (a few idle readings measure no spread at all, and a band of
+zero width would claim certainty nobody has), not capped by the short history's highest reading, and the
+series is flagged `short_history`.
 """
 
 from __future__ import annotations
@@ -110,6 +112,10 @@ class Plan:
     calibration: dict[tuple[str, int, int], tuple[str, int, int, int]] = field(default_factory=dict)
     fitted_at_ns: int = 0
     backtested: bool = False
+
+
+# Least random-walk spread per step, as a share of the series' level, for intervals without a backtest.
+SHORT_HISTORY_SPREAD = 0.1
 
 
 def fit_plan(panel: PowerPanel, settings: Settings = Settings()) -> Plan:
@@ -281,7 +287,10 @@ def _samples(plan: Plan, i: int, kind: int, k: int, step_s: float) -> np.ndarray
     if _pooled(plan, i, kind, k):
         return plan.residuals[(plan.ids[i].scope, kind, k)] * plan.scale[i]
     h = float(plan.hsteps[k])
-    sigma = plan.spread[i] * (math.sqrt(h) if kind != 1 else step_s * math.sqrt(h ** 3 / 3.0))
+    spread = plan.spread[i]
+    if plan.fallback[i] == "short_history":
+        spread = max(spread, SHORT_HISTORY_SPREAD * float(plan.scale[i]))
+    sigma = spread * (math.sqrt(h) if kind != 1 else step_s * math.sqrt(h ** 3 / 3.0))
     return sigma * _Z
 
 
@@ -345,6 +354,8 @@ def make_forecast(plan: Plan, panel: PowerPanel) -> Forecast:
                 off[qs > 0.5] = np.maximum(off[qs > 0.5], 0.0)        # (additive) point forecast
                 off[qs == 0.5] = 0.0
                 top = cap[i] if kind == 0 else cap[i] * hor_s[k]
+                if plan.fallback[i] == "short_history":
+                    top = np.inf            # a few readings say nothing about the series' range
                 band = np.clip(point[i, kind, k] + off, 0.0, max(top, point[i, kind, k]))
                 band[qs == 0.5] = point[i, kind, k]
                 out[i, k] = band

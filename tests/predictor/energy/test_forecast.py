@@ -149,3 +149,19 @@ def test_long_horizon_intervals_are_calibrated_from_all_history() -> None:
     assert all(w >= MIN_WINDOWS for src, _, _, w in plan.calibration.values() if src == "backtest")
     fc = make_forecast(plan, panel)
     assert np.all(np.isfinite(fc.power)) and np.all(np.diff(fc.power, axis=2) >= 0)
+
+
+def test_a_few_idle_readings_give_an_honest_band(panel4d) -> None:  # type: ignore[no-untyped-def]
+    # Seen on a real H200: minutes after start, a few idle readings (80.23 W) and no measured spread gave
+    # every quantile the same value while the GPU went to 690 W.
+    gpus = panel4d.rows("gpu")
+    idle = np.tile(np.array([80.23, 80.24, 80.23]), (len(gpus), 1))
+    short = _panel(panel4d, idle)
+    plan = fit_plan(short, SETTINGS)
+    fc = make_forecast(plan, short)
+    assert set(plan.fallback) == {"short_history"}
+    lo, hi = QUANTILES.index(0.025), QUANTILES.index(0.975)
+    width = fc.power[:, :, hi] - fc.power[:, :, lo]
+    assert np.all(width > 0)                                         # never a zero-width claim
+    assert np.all(np.diff(width, axis=1) > 0)                        # wider at longer horizons
+    assert np.all(fc.power[:, -1, hi] > 1.05 * idle.max())           # not capped by three idle readings
