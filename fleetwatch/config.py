@@ -157,6 +157,7 @@ class EnergyConfig(BaseModel):
     facility_power_watts: float | None = Field(default=None, gt=0)  # constant facility power, if known
     budget_watts: float | None = Field(default=None, gt=0)          # fleet power budget
     node_budget_watts: float | None = Field(default=None, gt=0)     # per-node power budget
+    source: str = "local"                       # "local" (this node's readings) or a Prometheus API URL (a fleet)
 
     @field_validator("horizons", "step", "evaluate_interval", "refit_interval", "history")
     @classmethod
@@ -185,6 +186,13 @@ class EnergyConfig(BaseModel):
             raise ValueError(f"give one value or 24 hourly values, got {len(v)}")
         if any(x < 0 for x in vals):
             raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("source")
+    @classmethod
+    def _source(cls, v: str) -> str:
+        if v not in ("", "local") and not re.match(r"^https?://[^\s/]+", v):
+            raise ValueError(f"expected 'local' or an http(s):// Prometheus URL, got {v!r}")
         return v
 
 

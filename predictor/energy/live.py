@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from collector.batch import Batch, Entity
-from collector.series_view import NS, SeriesFrame, SeriesKey, view_entities
+from collector.series_view import NS, PrometheusView, SeriesFrame, SeriesKey, view_entities
 from collector.trace_io import TraceError
 from predictor.energy.costs import Tariff, price, pue_now
 from predictor.energy.forecast import (
@@ -173,17 +173,30 @@ class EnergyForecaster:
         self.seeded = False
         self.last_error = ""
         self.published = False
+        self._prometheus: PrometheusView | None = None
 
     def notes(self) -> list[str]:
         """Where to look."""
         hz = ", ".join(horizon_label(h) for h in self.settings.horizons_s)
-        return [f"energy forecasts ({hz}) on /metrics as fleetwatch_power_forecast_watts, refit every "
+        source = getattr(self.cfg, "source", "local")
+        where = "" if source in ("", "local") else f" from {source}"
+        return [f"energy forecasts ({hz}){where} on /metrics as fleetwatch_power_forecast_watts, refit every "
                 f"{self.cfg.refit_interval / 3600:g} h of data"]
 
+    def _view(self) -> Any:
+        """Where readings come from: the live window, or a Prometheus API for a fleet (energy.source)."""
+        source = getattr(self.cfg, "source", "local")
+        if source in ("", "local"):
+            return self.svc.window
+        if self._prometheus is None:
+            self._prometheus = PrometheusView(source)
+        return self._prometheus
+
     def _seed(self, now_ns: int) -> None:
-        """Fill the buffer from recorded traces, so a restart does not start from nothing."""
+        """Fill the buffer from recorded traces (or Prometheus), so a restart does not start from nothing."""
         self.seeded = True
-        hist = self.svc.history() if hasattr(self.svc, "history") else None
+        local = getattr(self.cfg, "source", "local") in ("", "local")
+        hist = (self.svc.history() if hasattr(self.svc, "history") else None) if local else self._view()
         if hist is None:
             return
         start, end = align_grid(now_ns - int(self.cfg.history * NS), now_ns, self.settings.step_s)
@@ -199,7 +212,7 @@ class EnergyForecaster:
         step_s = self.settings.step_s
         if not self.seeded:
             self._seed(now_ns)
-        window = self.svc.window
+        window = self._view()
         # From the newest held point (provisional) to the grid point after now, which holds the latest reading.
         start = int(self.buffer.ts[-1]) if self.buffer.ts.size else now_ns - int(3600 * NS)
         start, end = align_grid(start, now_ns, step_s)

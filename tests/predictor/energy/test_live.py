@@ -85,6 +85,26 @@ def test_forecast_from_prometheus(live: tuple[int, str], capsys: pytest.CaptureF
     assert len({r["series"] for r in doc["forecasts"] if r["scope"] == "gpu"}) == 8
 
 
+def test_central_service_forecasts_the_fleet_from_prometheus(live: tuple[int, str], tmp_path: Path) -> None:
+    """A central fleetwatch with no local sources (deploy/config/central.yml) forecasts what Prometheus holds."""
+    _, url = live
+    wait_until(lambda: query(url, "fleetwatch_gpu_power_watts"), 30, "GPU power in Prometheus")
+    cfg = tmp_path / "central.yml"
+    cfg.write_text('simulate: "off"\nrecord: {enabled: false}\nfailure: {enabled: false}\n'
+                   "collector:\n" + "".join(f"  {s}: {{enabled: false}}\n" for s in (
+                       "gpu", "kernel_xid", "netdev", "infiniband", "rapl", "redfish")) +
+                   f"energy: {{source: '{url}'}}\n")
+    central, port = start_fleetwatch(tmp_path, "--config", str(cfg))
+    try:
+        def gpus() -> set[tuple[str, str]]:
+            return {(s.labels["node"], s.labels["gpu"]) for s in _families(port).get(
+                "fleetwatch_power_forecast_watts", []) if s.labels["scope"] == "gpu"}
+
+        assert len(wait_until(lambda: gpus() if len(gpus()) == 8 else set(), 60, "the fleet's forecasts")) == 8
+    finally:
+        stop(central)
+
+
 def test_unreachable_prometheus_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     port = free_port()
     now = time.time()
