@@ -250,6 +250,10 @@ class EnergyForecaster:
     async def run(self, stop: asyncio.Event) -> None:
         """Evaluate every evaluate_interval of data time until stop."""
         failing = False
+        # The first forecast waits for every source's first reading: a fleet sum over half the GPUs would be
+        # a confident wrong number. (A source that never answers delays it by the timeout only.)
+        with contextlib.suppress(TimeoutError, AttributeError):
+            await self.svc.agent.wait_first_round(timeout=10.0)
         while not stop.is_set():
             try:
                 batch = await asyncio.to_thread(self.step, self.svc.clock.now_ns())
