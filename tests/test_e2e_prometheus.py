@@ -144,12 +144,24 @@ def test_native_exposition_passes_promtool(tmp_path: Path) -> None:
     promtool = require_tool("promtool")
     proc, port = start_fleetwatch(tmp_path, "--simulate", "1x8", "--names", "native", "--no-record")
     try:
-        status, body = http_get(f"http://127.0.0.1:{port}/metrics")
+        # Wait for the predictor's series too, so that the lint sees everything `run` serves.
+        body = wait_until(lambda: (lambda r: r[1] if r[0] == 200 and "fleetwatch_power_forecast_watts{" in r[1]
+                                   else None)(http_get(f"http://127.0.0.1:{port}/metrics")), 30, "forecasts", proc)
     finally:
         stop(proc)
-    assert status == 200 and "fleetwatch_gpu_power_watts" in body and "DCGM_" not in body
+    assert "fleetwatch_gpu_power_watts" in body and "DCGM_" not in body
     res = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, text=True, timeout=60)
-    assert res.returncode == 0 and res.stdout == "" and res.stderr == "", res
+    # The forecast gauges carry a `quantile` label, as the issue and the dashboards name it; promtool's lint
+    # reserves that name for summaries. That is the only finding allowed.
+    from collector.catalogue import METRICS
+
+    quantiled = [m.name for m in METRICS if "quantile" in m.labels]
+    assert quantiled and all(m.startswith(("fleetwatch_power_forecast", "fleetwatch_energy_forecast"))
+                             for m in quantiled)
+    allowed = {f"{m} non-summary metrics should not have \"quantile\" label" for m in quantiled}
+    findings = set(res.stderr.splitlines())
+    assert res.stdout == "" and findings <= allowed, res
+    assert res.returncode in (0, 3) and (res.returncode == 0) == (not findings), res
 
 
 def test_sigkill_while_recording_leaves_readable_parquet(tmp_path: Path) -> None:
