@@ -19,8 +19,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
-import tempfile
 import time
 import urllib.parse
 from collections.abc import Sequence
@@ -33,7 +31,7 @@ import aiohttp
 
 from collector.batch import Batch
 from collector.clock import Clock, WallClock
-from collector.fsync import fsync_dir
+from collector.fsync import atomic_file
 
 from .engine import PROCESS, Alert
 
@@ -141,18 +139,8 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         doc = {"version": OUTBOX_VERSION,
                "entries": [{"fingerprint": fp, "seq": e.seq, "payload": e.payload} for fp, e in self.entries.items()]}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w") as f:
-                json.dump(doc, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
-        fsync_dir(self.path.parent)
+        with atomic_file(self.path) as tmp:
+            tmp.write_text(json.dumps(doc, separators=(",", ":")))
         self._dirty = False
         self._saved_at = time.monotonic()
 

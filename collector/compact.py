@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +53,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from collector.clock import Clock, WallClock
+from collector.fsync import atomic_file
 from collector.fsync import fsync_dir as _fsync_dir
-from collector.fsync import fsync_file as _fsync_file
 from collector.trace import ENTITIES_DIR, EVENTS_DIR, GROUND_TRUTH_DIR, METRICS_DIR
 from collector.trace_io import (
     COMPACTED_FROM_KEY,
@@ -402,30 +401,21 @@ def _merge(directory: Path, table: str, plan: _Plan, chunk_rows: int) -> tuple[P
     meta[COMPACTED_FROM_KEY] = json.dumps(plan.replaced).encode()
     out_schema = schema.with_metadata(meta)
     strings = [f.name for f in schema if pa.types.is_dictionary(f.type)]
-    tmp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.parquet"
     target = directory / compacted_file_name(directory.name[len(_DATE_PREFIX):])
     rows_in = rows_out = 0
-    try:
-        with pq.ParquetWriter(tmp, out_schema, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL,
-                              use_dictionary=strings,
-                              column_encoding={"ts": "DELTA_BINARY_PACKED",
-                                               **({"value": "PLAIN"} if "value" in schema.names else {})}
-                              ) as writer:
-            for chunk in _chunks(plan.inputs, table, chunk_rows):
-                rows = _read(plan.inputs, schema, chunk)
-                rows_in += rows.num_rows
-                if rows.num_rows == 0:
-                    continue
-                rows = _dedup_sorted(rows, keys)
-                rows_out += rows.num_rows
-                writer.write_table(rows.replace_schema_metadata(meta), row_group_size=ROW_GROUP_ROWS)
-        _fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(directory)
+    encodings = {"ts": "DELTA_BINARY_PACKED", **({"value": "PLAIN"} if "value" in schema.names else {})}
+    # The writer closes before atomic_file fsyncs and renames.
+    with atomic_file(target, TEMP_PREFIX) as tmp, pq.ParquetWriter(
+            tmp, out_schema, compression=COMPRESSION, compression_level=COMPRESSION_LEVEL, use_dictionary=strings,
+            column_encoding=encodings) as writer:
+        for chunk in _chunks(plan.inputs, table, chunk_rows):
+            rows = _read(plan.inputs, schema, chunk)
+            rows_in += rows.num_rows
+            if rows.num_rows == 0:
+                continue
+            rows = _dedup_sorted(rows, keys)
+            rows_out += rows.num_rows
+            writer.write_table(rows.replace_schema_metadata(meta), row_group_size=ROW_GROUP_ROWS)
     return target, rows_in, rows_out
 
 

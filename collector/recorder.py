@@ -32,8 +32,8 @@ import pyarrow.parquet as pq
 from collector.batch import Batch, Entity, entity_record
 from collector.catalogue import METRICS, spec
 from collector.clock import Clock
+from collector.fsync import atomic_file
 from collector.fsync import fsync_dir as _fsync_dir
-from collector.fsync import fsync_file as _fsync_file
 from collector.trace import (
     ENTITIES_DIR,
     ENTITIES_FILE,
@@ -101,17 +101,9 @@ def _encode(plain: pa.Table, schema: pa.Schema) -> pa.Table:
 
 def _write_atomic(table: pa.Table, directory: Path, name: str) -> tuple[Path, int]:
     """Write `table` to directory/name via a fsynced temp file and a rename; (path, size)."""
-    tmp = directory / f"{TEMP_PREFIX}{uuid.uuid4().hex}.parquet"
     target = directory / name
-    try:
+    with atomic_file(target, TEMP_PREFIX) as tmp:
         pq.write_table(table, tmp, compression=COMPRESSION)
-        _fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    _fsync_dir(directory)
     return target, target.stat().st_size
 
 

@@ -6,10 +6,10 @@ import os
 import re
 import socket
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from collector.config_types import (  # noqa: F401 (re-exported)
     ConfigError,
@@ -21,6 +21,16 @@ from collector.config_types import (  # noqa: F401 (re-exported)
 )
 
 ENV_PREFIX = "FLEETWATCH_"
+
+
+def _check_source(v: str) -> str:
+    """'local' (this node's readings) or an http(s):// Prometheus API URL."""
+    if v not in ("", "local") and not re.match(r"^https?://[^\s/]+", v):
+        raise ValueError(f"expected 'local' or an http(s):// Prometheus URL, got {v!r}")
+    return v
+
+
+Source = Annotated[str, AfterValidator(_check_source)]
 
 
 def parse_simulate(v: str) -> tuple[int, int]:
@@ -157,7 +167,7 @@ class EnergyConfig(BaseModel):
     facility_power_watts: float | None = Field(default=None, gt=0)  # constant facility power, if known
     budget_watts: float | None = Field(default=None, gt=0)          # fleet power budget
     node_budget_watts: float | None = Field(default=None, gt=0)     # per-node power budget
-    source: str = "local"                       # "local" (this node's readings) or a Prometheus API URL (a fleet)
+    source: Source = "local"                    # "local" (this node's readings) or a Prometheus API URL (a fleet)
 
     @field_validator("horizons", "step", "evaluate_interval", "refit_interval", "history")
     @classmethod
@@ -188,13 +198,6 @@ class EnergyConfig(BaseModel):
             raise ValueError("must be >= 0")
         return v
 
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        if v not in ("", "local") and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError(f"expected 'local' or an http(s):// Prometheus URL, got {v!r}")
-        return v
-
 
 class FailureConfig(BaseModel):
     """failure: live GPU failure-risk scoring (predictor/failure)."""
@@ -206,20 +209,13 @@ class FailureConfig(BaseModel):
     step: Duration = 60.0                   # feature grid step without a model (a model brings its own)
     horizon: Duration = 86400.0             # documented horizon of the risk (a model brings its own)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)   # alert threshold; None: the model's
-    source: str = "local"                   # "local" (this node's readings) or a Prometheus API URL
+    source: Source = "local"                # "local" (this node's readings) or a Prometheus API URL
 
     @field_validator("interval", "step", "horizon")
     @classmethod
     def _positive(cls, v: float) -> float:
         if v <= 0:
             raise ValueError(f"must be > 0, got {v}")
-        return v
-
-    @field_validator("source")
-    @classmethod
-    def _source(cls, v: str) -> str:
-        if v not in ("", "local") and not re.match(r"^https?://[^\s/]+", v):
-            raise ValueError(f"expected 'local' or an http(s):// Prometheus URL, got {v!r}")
         return v
 
 

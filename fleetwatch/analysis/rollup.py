@@ -48,7 +48,6 @@ import json
 import os
 import tempfile
 import time
-import uuid
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -61,7 +60,7 @@ import pyarrow.parquet as pq
 
 from collector.catalogue import CLOCK_EVENT_REASONS
 from collector.compact import ROLLUPS_DIR
-from collector.fsync import fsync_dir, fsync_file
+from collector.fsync import atomic_file
 from collector.trace import METRICS_DIR
 from collector.trace_io import (
     COMPACTED_FROM_KEY,
@@ -301,20 +300,12 @@ def write_rollup(trace_dir: Path, day: str, day_file: Path) -> RollupWritten:
     meta = {ROLLUP_OF_KEY: json.dumps(ident, sort_keys=True).encode(), VERSION_KEY: str(VERSION).encode(),
             b"fleetwatch.hour_ns": str(HOUR_NS).encode()}
     schema = tables[0].schema.with_metadata(meta)
-    tmp = target.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}.parquet"
-    try:
-        # One row group (or more) per kind: a reader asking for one kind skips the others' row groups.
-        with pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
-            for t in tables:
-                if t.num_rows:
-                    writer.write_table(t.replace_schema_metadata(meta), row_group_size=1 << 20)
-        fsync_file(tmp)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(target.parent)
+    # One row group (or more) per kind: a reader asking for one kind skips the others' row groups. The writer
+    # closes before atomic_file fsyncs and renames.
+    with atomic_file(target, TEMP_PREFIX) as tmp, pq.ParquetWriter(tmp, schema, compression="zstd") as writer:
+        for t in tables:
+            if t.num_rows:
+                writer.write_table(t.replace_schema_metadata(meta), row_group_size=1 << 20)
     return RollupWritten(target, sum(t.num_rows for t in tables), int(ident["rows"]))  # type: ignore[call-overload]
 
 

@@ -20,6 +20,7 @@ import joblib
 import numpy as np
 import sklearn
 
+from collector.fsync import atomic_file
 from predictor.failure.features import FEATURE_NAMES, FEATURE_SET
 from predictor.failure.model import FailureRiskModel
 
@@ -64,7 +65,6 @@ def save(model: ModelFile, path: str | os.PathLike[str]) -> Path:
     """Write the model file atomically (temp file renamed into place)."""
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     payload = {"magic": MAGIC, "format": FORMAT, "version": model.version, "created": model.created,
                "sklearn_version": model.sklearn_version, "feature_set": model.feature_set,
                "features": list(model.features), "threshold": float(model.threshold),
@@ -72,8 +72,8 @@ def save(model: ModelFile, path: str | os.PathLike[str]) -> Path:
                "fleet_median": np.asarray(model.fleet_median, dtype=np.float64),
                "fleet_scale": np.asarray(model.fleet_scale, dtype=np.float64),
                "training": model.training, "estimator": model.estimator}
-    joblib.dump(payload, tmp, compress=3)
-    os.replace(tmp, out)
+    with atomic_file(out) as tmp:
+        joblib.dump(payload, tmp, compress=3)
     return out
 
 
