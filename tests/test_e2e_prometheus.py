@@ -43,15 +43,17 @@ def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = 
     deadline = time.monotonic() + timeout
     last_err: Exception | None = None
     while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            pytest.fail(f"process exited with {proc.returncode} while waiting for {what}:\n{out}")
+        # Poll before checking the process: one that did its work and exited has not failed the wait.
+        exited = proc is not None and proc.poll() is not None
         try:
             v = pred()
             if v:
                 return v
         except (OSError, ValueError, KeyError) as err:
             last_err = err
+        if exited:
+            out = proc.stdout.read() if proc.stdout else ""  # type: ignore[union-attr]
+            pytest.fail(f"process exited with {proc.returncode} while waiting for {what}:\n{out}")  # type: ignore[union-attr]
         time.sleep(0.2)
     pytest.fail(f"timed out waiting for {what} (last error: {last_err})")
 

@@ -12,6 +12,7 @@ from tests.conftest import require_tool
 from tests.test_e2e_prometheus import free_port, http_get, start_fleetwatch, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
+PREDICTED = {"fleetwatch_power_forecast_watts", "fleetwatch_gpu_failure_risk"}
 
 
 def _series(prom: str, job: str) -> set[tuple[tuple[str, str], ...]]:
@@ -42,6 +43,10 @@ def test_replay_is_indistinguishable_for_prometheus(tmp_path: Path) -> None:
                                    port=live_port, env={"FLEETWATCH_RECORD__FLUSH_INTERVAL": "500ms"})
         try:
             wait_until(lambda: len(_series(url, "live")) > 50, 30, "live series in prometheus")
+            # The predictors publish after their first fit, which a cold CI machine can take seconds to
+            # import and run: stop the live run only once Prometheus has scraped their outputs.
+            wait_until(lambda: {dict(s)["__name__"] for s in _series(url, "live")} >= PREDICTED, 60,
+                       "forecast and risk series in prometheus", live)
             time.sleep(2)
         finally:
             stop(live)
@@ -50,7 +55,8 @@ def test_replay_is_indistinguishable_for_prometheus(tmp_path: Path) -> None:
              "--listen", f"127.0.0.1:{replay_port}", "--no-record"],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         try:
-            wait_until(lambda: len(_series(url, "replay")) >= len(_series(url, "live")), 60,
+            live_series = _series(url, "live")
+            wait_until(lambda: _series(url, "replay") >= live_series, 60,
                        "replayed series in prometheus", replay)
             assert replay.wait(60) == 0, replay.stdout.read() if replay.stdout else ""
         finally:
@@ -58,7 +64,7 @@ def test_replay_is_indistinguishable_for_prometheus(tmp_path: Path) -> None:
         live_series, replay_series = _series(url, "live"), _series(url, "replay")
         assert live_series == replay_series, sorted(live_series ^ replay_series)[:5]
         names = {dict(s)["__name__"] for s in live_series}
-        assert {"DCGM_FI_DEV_GPU_TEMP", "fleetwatch_gpu_power_watts", "fleetwatch_gpu_clock_event_active",
+        assert PREDICTED | {"DCGM_FI_DEV_GPU_TEMP", "fleetwatch_gpu_power_watts", "fleetwatch_gpu_clock_event_active",
                 "fleetwatch_infiniband_port_up"} <= names
     finally:
         stop(prom)
