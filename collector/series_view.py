@@ -480,17 +480,18 @@ class PrometheusView:
     def _fetch(self, metric: str, start_ns: int, end_ns: int, step_s: float, nodes: Sequence[str] | None,
                stale_s: float) -> dict[SeriesKey, tuple[np.ndarray, np.ndarray]]:
         from collector.importers.exposition import SeriesMapper
-        from collector.importers.prometheus import Request
+        from collector.importers.prometheus import MAX_POINTS, plan_requests
 
         mapper = SeriesMapper()
         step_ns = round(step_s * NS)
-        found: dict[SeriesKey, tuple[np.ndarray, np.ndarray, int]] = {}
+        # (key, rank) -> chunks in time order; a 24 h window at a fine step exceeds Prometheus' points limit
+        parts: dict[tuple[SeriesKey, int], tuple[list[np.ndarray], list[np.ndarray]]] = {}
 
         async def run() -> None:
             import aiohttp
 
             imp = self._fetcher(step_ns)
-            params = [Request(q, start_ns, end_ns) for q in self._query(metric, nodes)]
+            params = plan_requests(self._query(metric, nodes), start_ns, end_ns, step_ns, MAX_POINTS * step_ns)
             async with aiohttp.ClientSession() as session:
                 results = await asyncio.gather(*(imp.fetch(session, r) for r in params))
             for result in results:
@@ -508,10 +509,17 @@ class PrometheusView:
                     vals = np.array([m.convert(float(p[1])) for p in pts], dtype=np.float64)
                     key = SeriesKey(m.entity.node, m.entity.id)
                     self._entities.setdefault(key, m.entity)
-                    if key not in found or m.rank < found[key][2]:     # native beats dcgm for one series
-                        found[key] = (ts, vals, m.rank)
+                    one = parts.setdefault((key, m.rank), ([], []))
+                    one[0].append(ts)
+                    one[1].append(vals)
 
         asyncio.run(run())
+        found: dict[SeriesKey, tuple[np.ndarray, np.ndarray, int]] = {}
+        for (key, rank), (ts_parts, val_parts) in parts.items():
+            if key not in found or rank < found[key][2]:          # native beats dcgm for one series
+                ts = np.concatenate(ts_parts)
+                order = np.argsort(ts, kind="stable")
+                found[key] = (ts[order], np.concatenate(val_parts)[order], rank)
         return {k: (ts, v) for k, (ts, v, _) in found.items()}
 
     def range(self, metric: str, start_ns: int, end_ns: int, step_s: float, *,
@@ -553,26 +561,35 @@ class PrometheusView:
     def _raw(self, name: str, start_ns: int, end_ns: int, step_s: float) -> list[tuple[dict[str, str], np.ndarray,
                                                                                        np.ndarray]]:
         """One native series family straight from query_range: [(labels, ts_ns, values)]."""
-        from collector.importers.prometheus import Request
+        return self.query_range(f"{name}{{{self.selector}}}", start_ns, end_ns, step_s)
 
-        matchers = self.selector
-        query = f"{name}{{{matchers}}}"
+    def query_range(self, expr: str, start_ns: int, end_ns: int,
+                    step_s: float) -> list[tuple[dict[str, str], np.ndarray, np.ndarray]]:
+        """Any PromQL expression, uninterpreted (no catalogue mapping): [(labels, ts_ns, values)] per series.
+
+        Long ranges go in chunks of at most Prometheus' 11,000 points; InputError on a refused query.
+        """
+        from collector.importers.prometheus import MAX_POINTS, plan_requests
+
+        step_ns = round(step_s * NS)
+        requests = plan_requests([expr], start_ns, end_ns, step_ns, MAX_POINTS * step_ns)
 
         async def run() -> list[dict[str, Any]]:
             import aiohttp
 
-            imp = self._fetcher(round(step_s * NS))
+            imp = self._fetcher(step_ns)
             async with aiohttp.ClientSession() as session:
-                return [await imp.fetch(session, Request(query, start_ns, end_ns))]
+                return [await imp.fetch(session, r) for r in requests]
 
-        out = []
+        found: dict[tuple[tuple[str, str], ...], tuple[dict[str, str], list[np.ndarray], list[np.ndarray]]] = {}
         for result in asyncio.run(run()):
             for series in result.get("result") or []:
                 labels = {str(k): str(v) for k, v in (series.get("metric") or {}).items()}
                 pts = series.get("values") or []
-                out.append((labels, np.array([round(float(p[0]) * 1000) * 10**6 for p in pts], dtype=np.int64),
-                            np.array([float(p[1]) for p in pts], dtype=np.float64)))
-        return out
+                one = found.setdefault(tuple(sorted(labels.items())), (labels, [], []))
+                one[1].append(np.array([round(float(p[0]) * 1000) * 10**6 for p in pts], dtype=np.int64))
+                one[2].append(np.array([float(p[1]) for p in pts], dtype=np.float64))
+        return [(labels, np.concatenate(ts), np.concatenate(vals)) for labels, ts, vals in found.values()]
 
     def _fetcher(self, step_ns: int) -> Any:
         """The retrying range-query client the Prometheus importer uses."""

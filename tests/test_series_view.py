@@ -1,17 +1,20 @@
-"""The series view (trace and in-memory window): grid, lookback, gaps, events, entities."""
+"""The series view (trace, in-memory window, Prometheus): grid, lookback, gaps, events, entities."""
 
 from __future__ import annotations
 
 import math
+import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from collector.batch import Batch, Event
-from collector.series_view import RecentWindow, SeriesKey, TraceView, grid, resample
+from collector.series_view import PrometheusView, RecentWindow, SeriesKey, TraceView, grid, resample
 from collector.sim.offline import DEFAULT_START_NS, generate_trace
-from tests.conftest import sample_gpu
+from tests.conftest import require_tool, sample_gpu
+from tests.test_e2e_prometheus import free_port, http_get, stop, wait_until
 
 NS = 10**9
 POWER = "fleetwatch_gpu_power_watts"
@@ -71,3 +74,37 @@ def test_recent_window_keeps_recent_readings_and_events() -> None:
     stale.add(POWER, gpu, -1.0)
     win.add(stale)
     assert win.latest(POWER, 299 * NS) == {key: 299.0}
+
+
+def test_prometheus_view_reads_a_day_at_a_fine_step_in_chunks(tmp_path: Path) -> None:
+    """A 24 h window at 5 s is 17,281 points: past Prometheus' 11,000-point limit, so the view must chunk."""
+    promtool, prometheus = require_tool("promtool"), require_tool("prometheus")
+    end_s = (int(time.time()) // 60) * 60 - 3600
+    start_s = end_s - 86400
+    lines = ["# HELP fleetwatch_gpu_temperature_celsius GPU temperature.",
+             "# TYPE fleetwatch_gpu_temperature_celsius gauge"]
+    for t in range(start_s, end_s + 1, 60):           # one sample a minute: the value is the minute of the day
+        lines.append(f'fleetwatch_gpu_temperature_celsius{{node="n1",gpu="0",uuid="GPU-1"}} '
+                     f"{(t - start_s) // 60} {t}")
+    src = tmp_path / "day.om"
+    src.write_text("\n".join(lines) + "\n# EOF\n")
+    tsdb = tmp_path / "tsdb"
+    subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", str(src), str(tsdb)], check=True,
+                   capture_output=True)
+    port = free_port()
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text("global: {}\n")
+    prom = subprocess.Popen([prometheus, f"--config.file={cfg}", f"--storage.tsdb.path={tsdb}",
+                             f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", prom)
+        view = PrometheusView(url)
+        f = view.range("fleetwatch_gpu_temperature_celsius", start_s * 10**9, end_s * 10**9, 5.0, stale_s=120.0)
+        assert len(f.ts_ns) == 86400 // 5 + 1 and len(f.keys) == 1
+        minute = (f.ts_ns // 10**9 - start_s) // 60
+        # every grid point carries the sample of its minute: nothing lost or shifted at chunk boundaries
+        assert np.array_equal(f.values[0], minute.astype(float))
+    finally:
+        stop(prom)
