@@ -34,9 +34,7 @@ GRAFANA_UNITS: dict[str, str] = {
     "hertz": "hertz", "bytes_per_second": "Bps", "seconds": "s", "": "none",
 }
 # Metrics that later issues add; panels that use them stay in place and say what they wait for.
-WAITING_METRICS: dict[str, str] = {
-    "fleetwatch_facility_power_watts": "a facility (whole-site) power metric, configured per site",
-}
+WAITING_METRICS: dict[str, str] = {}
 WAITS_PREFIX = "Waits for "
 
 

@@ -44,8 +44,9 @@ def build(ctx: Ctx) -> db.Dashboard:
         ctx, "PUE", "none",
         [Q(f"sum(fleetwatch_facility_power_watts) / sum({ctx.sel('fleetwatch_node_power_watts', node=False)})",
            instant=True)],
-        "Power usage effectiveness: facility power over IT (node) power. Needs a facility power meter.", w=6,
-        waits="fleetwatch_facility_power_watts"))
+        "Power usage effectiveness: facility power over IT (node) power. Needs a facility power meter "
+        "(energy.facility_power_query); the forecaster's fleetwatch_pue_ratio divides by GPU power instead.",
+        w=6))
     d = d.with_row(row(ctx, "Power and energy"))
     d = d.with_panel(timeseries_panel(
         ctx, "GPU power by node", "watt", [Q(f"sum {ctx.by('node')} ({power})", legend=f"{{{{{n}}}}}")],
@@ -81,6 +82,7 @@ def build(ctx: Ctx) -> db.Dashboard:
     d = d.with_panel(text_panel(ctx, "About these numbers",
                                 "Energy comes from each GPU's own energy counter (NVML), not from integrating "
                                 "samples. Cost and carbon use the two text boxes at the top; set them to your "
-                                "tariff and your grid's intensity. PUE appears once a facility power metric "
-                                "(`fleetwatch_facility_power_watts`) is scraped."))
+                                "tariff and your grid's intensity. PUE appears once fleetwatch reads a facility "
+                                "power meter (`energy.facility_power_query`: "
+                                "`fleetwatch_facility_power_watts`)."))
     return d

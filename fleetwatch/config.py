@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from collector.config_types import (  # noqa: F401 (re-exported)
     ConfigError,
@@ -168,6 +168,30 @@ class EnergyConfig(BaseModel):
     budget_watts: float | None = Field(default=None, gt=0)          # fleet power budget
     node_budget_watts: float | None = Field(default=None, gt=0)     # per-node power budget
     source: Source = "local"                    # "local" (this node's readings) or a Prometheus API URL (a fleet)
+    facility_power_query: str | None = None     # PromQL giving measured facility power (W), one series
+    facility_source: Source | None = None       # Prometheus URL it runs against; None: `source` when a URL
+
+    @model_validator(mode="after")
+    def _facility(self) -> EnergyConfig:
+        if self.facility_power_query is None:
+            return self
+        if not self.facility_power_query.strip():
+            raise ValueError("energy.facility_power_query is empty: give a PromQL expression or leave it unset")
+        given = [k for k in ("pue", "facility_power_watts") if getattr(self, k) is not None]
+        if given:
+            raise ValueError(f"energy.facility_power_query (measured) and energy.{given[0]} (constant) both set: "
+                             "keep one")
+        if self.facility_url() is None:
+            raise ValueError("energy.facility_power_query is set but no Prometheus URL is known to run it: set "
+                             "energy.facility_source (or energy.source) to an http(s):// URL")
+        return self
+
+    def facility_url(self) -> str | None:
+        """The Prometheus API the facility power query runs against: facility_source, else source if a URL."""
+        for url in (self.facility_source, self.source):
+            if url and url not in ("", "local"):
+                return url
+        return None
 
     @field_validator("horizons", "step", "evaluate_interval", "refit_interval", "history")
     @classmethod

@@ -3,12 +3,14 @@ calibrated quantiles.
 
 Intervals are empirical: for each hierarchy level, target and horizon, the residuals of the published
 (chosen, reconciled) forecasts over the backtest origins, divided by each series' level, are pooled; a
-series' quantile q is its point forecast plus its level times the q-quantile of that pool (split-conformal
-style, so parametric models' own, usually too narrow, intervals are never used). The median published is
+series' quantile q is its point forecast plus its level times the q-quantile of that pool at the plotting
+position q·(n+1) (backtest.residual_quantiles; split-conformal style, so parametric models' own, usually too
+narrow, intervals are never used). The same rule builds the intervals whose online coverage the backtest
+reports. The median published is
 the reconciled point forecast itself, so medians add up GPU → node → fleet; the other quantiles do not
 (quantiles of sums are not sums of quantiles). At long horizons, where the backtest's origins span fewer than
-MIN_WINDOWS horizon windows, the pool is the seasonal-naive proxy's residuals over all the history, widened
-where the published forecast's mean absolute residual is larger (backtest.py); `Plan.calibration` says which
+MIN_WINDOWS horizon windows, the pool is the seasonal-naive proxy's residuals over all the history, scaled
+per interval (80 %, 95 %) to the published forecast's residuals (backtest.proxy_ratio); `Plan.calibration` says which
 pool, how many residuals and how many windows calibrate each level, target and horizon. Without a backtest
 (short history) the intervals are those of a random walk with the series' step-to-step spread, at least
 SHORT_HISTORY_SPREAD of the series' level per step (a few idle readings measure no spread at all, and a band of
@@ -36,6 +38,7 @@ from predictor.energy.backtest import (
     online_coverage,
     path_steps,
     prior_pool,
+    residual_quantiles,
     run_backtest,
     scope_groups,
     statsmodels_rows,
@@ -110,6 +113,8 @@ class Plan:
     notes: list[str] = field(default_factory=list)
     # (scope, kind, k) → (pool: "backtest" or "seasonal_naive_proxy", residuals, origins, horizon windows)
     calibration: dict[tuple[str, int, int], tuple[str, int, int, int]] = field(default_factory=dict)
+    # (scope, kind, k) → the pool's quantile offsets at QUANTILES (residual / level; 0 at the median)
+    offsets: dict[tuple[str, int, int], np.ndarray] = field(default_factory=dict)
     fitted_at_ns: int = 0
     backtested: bool = False
 
@@ -200,11 +205,17 @@ def _calibrate(plan: Plan, bt: Backtest) -> None:
                     pool = pool[np.isfinite(pool)]
                     plan.calibration[(scope, kind, k)] = ("backtest", pool.size, bt.origins.size,
                                                           windows(bt.origins, h))
+                    offsets = residual_quantiles(pool, QUANTILES)
                 else:
                     pool = prior_pool(prior, rows, res, bt.origins, h)
                     plan.calibration[(scope, kind, k)] = ("seasonal_naive_proxy", pool.size, prior.origins.size,
                                                           windows(prior.origins, h))
+                    # Each interval's quantiles from the proxy pool scaled for that interval's level.
+                    offsets = np.array([residual_quantiles(prior_pool(prior, rows, res, bt.origins, h,
+                                                                      alpha=2 * min(q, 1 - q)), (q,))[0]
+                                        if q != 0.5 else 0.0 for q in QUANTILES])
                 plan.residuals[(scope, kind, k)] = pool
+                plan.offsets[(scope, kind, k)] = offsets
             if kind == 0:
                 for g in scope_groups(bt.panel):
                     scope = bt.panel.ids[int(g[0])].scope
@@ -345,7 +356,8 @@ def make_forecast(plan: Plan, panel: PowerPanel) -> Forecast:
                 key = (plan.ids[i].scope, kind, k)
                 if _pooled(plan, i, kind, k):
                     if key not in pooled:
-                        pooled[key] = np.quantile(plan.residuals[key], qs)
+                        pooled[key] = plan.offsets[key] if key in plan.offsets else residual_quantiles(
+                            plan.residuals[key], qs)
                     off = pooled[key] * plan.scale[i]
                 else:
                     r = _samples(plan, i, kind, k, panel.step_s)

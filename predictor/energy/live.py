@@ -23,6 +23,14 @@ from collector.batch import Batch, Entity
 from collector.series_view import NS, PrometheusView, SeriesFrame, SeriesKey, view_entities
 from collector.trace_io import TraceError
 from predictor.energy.costs import Tariff, price, pue_now
+from predictor.energy.facility import (
+    FacilityMeter,
+    FacilityNow,
+    FacilityQueryError,
+    energy_pue,
+    pue_forecast,
+    pue_model,
+)
 from predictor.energy.forecast import (
     Forecast,
     Plan,
@@ -89,6 +97,8 @@ def _entity(sid: SeriesId) -> Entity:
 
 
 _PROCESS = Entity(kind="process", node="", id=NAME, labels=())
+# The facility query's failures count in the collectors' error metric, as a source of its own.
+_FACILITY_SOURCE = Entity(kind="source", node="", id=NAME, labels=(NAME,))
 
 
 def settings_from(cfg: Any) -> Settings:
@@ -98,15 +108,42 @@ def settings_from(cfg: Any) -> Settings:
                     statsmodels_max_series=int(cfg.statsmodels_max_series))
 
 
-def forecast_batch(fc: Forecast, plan: Plan, cfg: Any, ts_ns: int, source: str = NAME) -> Batch:
-    """Every forecast metric of one evaluation as a batch."""
+def _pues(fc: Forecast, fleet_i: int | None, cfg: Any,
+          facility: FacilityNow | None) -> tuple[float, list[float], list[float], str]:
+    """PUE now, at each horizon (at the median IT forecast), to price each horizon's energy, and the method.
+
+    Measured facility power follows predictor/energy/facility.py; a constant PUE stays constant; a constant
+    facility power is divided by the IT power at each point.
+    """
+    K = len(fc.horizons_s)
+    nan = [math.nan] * K
+    if fleet_i is None or fc.fallback[fleet_i] == "no_data":
+        return math.nan, nan, nan, ""
+    median = [float(fc.power[fleet_i, k, fc.quantiles.index(0.5)]) for k in range(K)]
+    until = [fc.origin_ns + round(h * NS) for h in fc.horizons_s]
+    if facility is not None:
+        args = (facility.model, facility.facility_w, facility.it_w)
+        return (facility.pue, [pue_forecast(*args, it) for it in median],
+                [energy_pue(*args, fc.path_ts_ns, fc.path[fleet_i], u) for u in until], facility.model.method)
+    if cfg.pue is not None:
+        return float(cfg.pue), [float(cfg.pue)] * K, [float(cfg.pue)] * K, "configured_pue"
+    if cfg.facility_power_watts is not None:
+        it_now = float(fc.path[fleet_i, 0]) if fc.path.size else math.nan
+        fw = float(cfg.facility_power_watts)
+        ahead = [pue_now(it, fw, None) for it in median]
+        return pue_now(it_now, fw, None), ahead, ahead, "configured_facility"
+    return math.nan, nan, nan, ""
+
+
+def forecast_batch(fc: Forecast, plan: Plan, cfg: Any, ts_ns: int, source: str = NAME,
+                   facility: FacilityNow | None = None) -> Batch:
+    """Every forecast metric of one evaluation as a batch (facility: the measured facility power, if any)."""
     b = Batch(source, ts_ns)
     labels = fc.labels
     qs = [f"{q:g}" for q in fc.quantiles]
     tariff = Tariff(cfg.price_per_kwh, cfg.carbon_g_per_kwh)
     fleet_i = next((i for i, s in enumerate(fc.ids) if s.scope == "fleet"), None)
-    it_now = float(fc.path[fleet_i, 0]) if fleet_i is not None and fc.path.size else math.nan
-    pue = pue_now(it_now, cfg.facility_power_watts, cfg.pue)
+    pue, pue_ahead, pue_energy, method = _pues(fc, fleet_i, cfg, facility)
     for i, sid in enumerate(fc.ids):
         e = _entity(sid)
         for k, h in enumerate(labels):
@@ -119,7 +156,7 @@ def forecast_batch(fc: Forecast, plan: Plan, cfg: Any, ts_ns: int, source: str =
             if sid.scope != "gpu":
                 until = fc.origin_ns + round(fc.horizons_s[k] * NS)
                 money = price(fc.energy[i, k], tariff, fc.path_ts_ns, fc.path[i], until,
-                              pue if sid.scope == "fleet" else math.nan)
+                              pue_energy[k] if sid.scope == "fleet" else math.nan)
                 for j, q in enumerate(qs):
                     b.add("fleetwatch_energy_forecast_cost", e, float(money.cost[j]), (h, q))
                     b.add("fleetwatch_energy_forecast_carbon_grams", e, float(money.carbon_g[j]), (h, q))
@@ -128,13 +165,13 @@ def forecast_batch(fc: Forecast, plan: Plan, cfg: Any, ts_ns: int, source: str =
             b.add("fleetwatch_power_budget_watts", e, float(budget))
             for k, h in enumerate(labels):
                 b.add("fleetwatch_power_budget_exceed_probability_ratio", e, exceed_probability(fc, i, k, budget), (h,))
+        if sid.scope == "fleet" and facility is not None:
+            b.add("fleetwatch_facility_power_watts", e, facility.facility_w)
         if sid.scope == "fleet" and math.isfinite(pue):
             b.add("fleetwatch_pue_ratio", e, pue)
             for k, h in enumerate(labels):
-                it = float(fc.power[i, k, fc.quantiles.index(0.5)])
-                facility = cfg.facility_power_watts
-                b.add("fleetwatch_pue_forecast_ratio", e, float(cfg.pue) if cfg.pue is not None
-                      else (facility / it if it > 0 else math.nan), (h,))
+                if math.isfinite(pue_ahead[k]):
+                    b.add("fleetwatch_pue_forecast_ratio", e, pue_ahead[k], (h, method))
     _score_metrics(b, plan, labels)
     b.add("fleetwatch_forecast_origin_timestamp_seconds", _PROCESS, fc.origin_ns / NS)
     return b
@@ -174,14 +211,23 @@ class EnergyForecaster:
         self.last_error = ""
         self.published = False
         self._prometheus: PrometheusView | None = None
+        url = cfg.facility_url() if getattr(cfg, "facility_power_query", None) else None
+        self.facility = None if url is None else FacilityMeter(url, cfg.facility_power_query, self.settings.step_s,
+                                                               float(cfg.history))
+        self.facility_errors = {"facility_query": 0, "facility_no_data": 0}
+        self.facility_failing = ""
 
     def notes(self) -> list[str]:
         """Where to look."""
         hz = ", ".join(horizon_label(h) for h in self.settings.horizons_s)
         source = getattr(self.cfg, "source", "local")
         where = "" if source in ("", "local") else f" from {source}"
-        return [f"energy forecasts ({hz}){where} on /metrics as fleetwatch_power_forecast_watts, refit every "
-                f"{self.cfg.refit_interval / 3600:g} h of data"]
+        notes = [f"energy forecasts ({hz}){where} on /metrics as fleetwatch_power_forecast_watts, refit every "
+                 f"{self.cfg.refit_interval / 3600:g} h of data"]
+        if self.facility is not None:
+            notes.append(f"facility power from {self.facility.query} at {self.facility.view.url}: "
+                         "fleetwatch_facility_power_watts, fleetwatch_pue_ratio")
+        return notes
 
     def _view(self) -> Any:
         """Where readings come from: the live window, or a Prometheus API for a fleet (energy.source)."""
@@ -232,10 +278,46 @@ class EnergyForecaster:
             self._refit(panel, now_ns)
         assert self.plan is not None
         fc = make_forecast(self.plan, panel)
-        b = forecast_batch(fc, self.plan, self.cfg, now_ns)
+        b = forecast_batch(fc, self.plan, self.cfg, now_ns, facility=self._facility(now_ns, panel))
+        if self.facility is not None:
+            for reason, n in self.facility_errors.items():
+                b.add("fleetwatch_source_errors_total", _FACILITY_SOURCE, float(n), (reason,))
         b.add("fleetwatch_forecast_last_fit_timestamp_seconds", _PROCESS, self.fitted_at_ns / NS)
         b.add("fleetwatch_forecast_fit_duration_seconds", _PROCESS, self.fit_duration_s)
         return b
+
+    def _facility(self, now_ns: int, panel: PowerPanel) -> FacilityNow | None:
+        """Read facility power up to now; its reading, the IT power beside it and the PUE model, or None while
+        the query fails or gives nothing recent (IT forecasts go on; the failure is logged once and counted)."""
+        if self.facility is None:
+            return None
+        fleet = panel.rows("fleet")
+        if not fleet:
+            return None
+        step_ns = round(self.settings.step_s * NS)
+        it = panel.values[fleet[0]]
+        try:
+            self.facility.read(int(panel.ts_ns[0]), int(panel.ts_ns[-1]))
+            ok = np.isfinite(it)
+            it_ts = int(panel.ts_ns[ok][-1]) if ok.any() else 0
+            facility_w = self.facility.latest(it_ts, round(2.5 * step_ns))
+            if not math.isfinite(facility_w) or not ok.any():
+                raise FacilityQueryError(f"facility power query {self.facility.query!r} has no reading within "
+                                         f"{2.5 * self.settings.step_s:g} s of the newest IT power", "facility_no_data")
+        except Exception as err:  # the meter is optional: nothing wrong with it may cost the IT forecasts
+            reason = err.reason if isinstance(err, FacilityQueryError) else "facility_query"
+            self.facility_errors[reason] += 1
+            if not self.facility_failing:
+                log.warning("energy: %s; facility power and PUE are left out until it works", err,
+                            exc_info=not isinstance(err, FacilityQueryError))
+            self.facility_failing = str(err)
+            return None
+        if self.facility_failing:
+            log.info("energy: facility power query works again")
+        self.facility_failing = ""
+        it_w = float(it[np.isfinite(it)][-1])
+        model = pue_model(self.facility.on(panel.ts_ns), it, facility_w, it_w)
+        return FacilityNow(facility_w, it_w, model)
 
     def _refit(self, panel: PowerPanel, now_ns: int) -> None:
         t0 = time.perf_counter()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.server
 import re
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,11 +34,17 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
            "FLEETWATCH_SYS_ROOT": str(FIXTURES / "sys"), "FLEETWATCH_COLLECTOR__NETDEV__ENABLED": "true"}
     rx_port = free_port()      # the remediation receiver (dry-run) gets an alert for node-0: its panel has data
     env.update(dry_run_receiver_env(tmp, rx_port))
+    # A site PDU that Prometheus scrapes and fleetwatch reads back as facility power (the PUE panel).
+    pdu = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PduHandler)
+    threading.Thread(target=pdu.serve_forever, daemon=True).start()
+    pport = free_port()
+    url = f"http://127.0.0.1:{pport}"
+    env.update({"FLEETWATCH_ENERGY__FACILITY_POWER_QUERY": "sum(pdu_input_power_watts)",
+                "FLEETWATCH_ENERGY__FACILITY_SOURCE": url, "FLEETWATCH_ENERGY__EVALUATE_INTERVAL": "1s"})
     fw, port = start_fleetwatch(tmp, "--simulate", "2x4", "--seed", "7", "--names", "both", "--no-record",
                                 "--inject", "sudden-dbe@node-0/1+1s", env=env)
     send_alert(rx_port)
     binary = require_tool("prometheus")
-    pport = free_port()
     rules = tmp / "rules.yml"
     # A rule that always fires, so the ALERTS panels have a series to show.
     rules.write_text("groups:\n  - name: t\n    rules:\n      - alert: DashboardTest\n"
@@ -45,19 +53,34 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     cfg.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n"
                    f"rule_files: ['{rules}']\n"
                    f"scrape_configs:\n  - job_name: fleetwatch\n    static_configs:\n"
-                   f"      - targets: ['127.0.0.1:{port}']\n")
+                   f"      - targets: ['127.0.0.1:{port}']\n"
+                   f"  - job_name: pdu\n    static_configs:\n      - targets: ['127.0.0.1:{pdu.server_port}']\n")
     proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{pport}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{pport}"
     try:
         wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", proc)
         wait_until(lambda: query(url, "fleetwatch_gpu_xid_errors_total"), 30, "an XID series", proc)
+        wait_until(lambda: query(url, "fleetwatch_facility_power_watts"), 60, "facility power", proc)
         time.sleep(15)                       # enough samples for rate()/increase() over 1m
         yield url
     finally:
         stop(proc)
         stop(fw)
+        pdu.shutdown()
+
+
+class _PduHandler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = b"pdu_input_power_watts 12000\n"
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain; version=0.0.4")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
 
 
 def substitute(expr: str) -> str:
