@@ -475,7 +475,7 @@ class FaultManager:
             f.xid = 119
             f.extra["gap"] = float(rng.uniform(2.0, 30.0))
         elif kind == "thermal":
-            f.extra["peak"] = float(rng.uniform(1.6, 2.4))
+            f.extra["peak"] = float(rng.uniform(1.8, 2.6))      # enough to reach sw slowdown before failing
         elif kind == "power-supply":
             f.extra["limit_w"] = float(rng.choice([400.0, 450.0, 500.0]))
             f.detail = f"gpu power limit drops to {f.extra['limit_w']:.0f} W"

@@ -31,8 +31,10 @@ class GpuState:
     # thermals and power
     temp_gpu: int = 30                        # C
     temp_mem: int | None = 32                 # C; None: not supported (e.g. GDDR boards)
-    temp_slowdown: int = 87                   # NVML_TEMPERATURE_THRESHOLD_SLOWDOWN
-    temp_shutdown: int = 92
+    # NVML_TEMPERATURE_THRESHOLD_SLOWDOWN / _SHUTDOWN of the H100 80GB HBM3 profile
+    # (collector/data/nvml-profiles/h100-80gb-hbm3.json), so the fleet simulator and the device model agree
+    temp_slowdown: int = 89
+    temp_shutdown: int = 95
     power_mw: int = 70_000
     power_limit_mw: int = 700_000
     energy_mj: int = 0                        # since driver load
