@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import http.server
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -27,6 +29,59 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def start_prometheus(tmp: Path, jobs: dict[str, list[int]], *, port: int | None = None, interval: str = "1s",
+                     extra_global: str = "", rule_files: list[Path] | None = None) -> tuple[subprocess.Popen, str]:
+    """A real Prometheus on a loopback port scraping each job's 127.0.0.1 ports; (process, URL) once ready."""
+    port = port or free_port()
+    cfg = tmp / f"prometheus-{port}.yml"
+    text = f"global:\n  scrape_interval: {interval}\n  scrape_timeout: {interval}\n{extra_global}"
+    if rule_files:
+        text += f"rule_files: [{', '.join(repr(str(r)) for r in rule_files)}]\n"
+    text += "scrape_configs:\n"
+    for job, ports in jobs.items():
+        targets = ", ".join(f"'127.0.0.1:{p}'" for p in ports)
+        text += f"  - job_name: {job}\n    static_configs: [{{targets: [{targets}]}}]\n"
+    cfg.write_text(text)
+    proc = subprocess.Popen([require_tool("prometheus"), f"--config.file={cfg}",
+                             f"--storage.tsdb.path={tmp / f'tsdb-{port}'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", proc)
+    except BaseException:
+        stop(proc)
+        raise
+    return proc, url
+
+
+def central_config(path: Path, extra: str) -> Path:
+    """A central service's config (deploy/config/central.yml: no local sources, no recording) plus `extra`."""
+    path.write_text('simulate: "off"\nrecord: {enabled: false}\ncollector:\n' + "".join(
+        f"  {s}: {{enabled: false}}\n" for s in ("gpu", "kernel_xid", "netdev", "infiniband", "rapl", "redfish"))
+        + extra)
+    return path
+
+
+def serve_exposition(body: str) -> http.server.ThreadingHTTPServer:
+    """A static text exposition (a site PDU, a foreign exporter) on a loopback port; .shutdown() stops it."""
+    data = body.encode()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain; version=0.0.4")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 def http_get(url: str, timeout: float = 5.0) -> tuple[int, str]:

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import http.server
 import re
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +15,7 @@ from dashboards.energy import DEFAULT_GCO2_PER_KWH, DEFAULT_PRICE_PER_KWH
 from dashboards.export import build_all
 from tests.alerts.remediation.helpers import dry_run_receiver_env, send_alert
 from tests.conftest import require_tool
-from tests.test_e2e_prometheus import free_port, http_get, query, start_fleetwatch, stop, wait_until
+from tests.test_e2e_prometheus import free_port, http_get, query, serve_exposition, start_fleetwatch, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -35,8 +33,7 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     rx_port = free_port()      # the remediation receiver (dry-run) gets an alert for node-0: its panel has data
     env.update(dry_run_receiver_env(tmp, rx_port))
     # A site PDU that Prometheus scrapes and fleetwatch reads back as facility power (the PUE panel).
-    pdu = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PduHandler)
-    threading.Thread(target=pdu.serve_forever, daemon=True).start()
+    pdu = serve_exposition("pdu_input_power_watts 12000\n")
     pport = free_port()
     url = f"http://127.0.0.1:{pport}"
     env.update({"FLEETWATCH_ENERGY__FACILITY_POWER_QUERY": "sum(pdu_input_power_watts)",
@@ -68,19 +65,6 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stop(proc)
         stop(fw)
         pdu.shutdown()
-
-
-class _PduHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = b"pdu_input_power_watts 12000\n"
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def substitute(expr: str) -> str:

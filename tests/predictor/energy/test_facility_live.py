@@ -3,9 +3,6 @@ queries the PDU's power back from it and publishes facility power, PUE now and f
 
 from __future__ import annotations
 
-import http.server
-import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,25 +11,20 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from predictor.energy.facility import FacilityMeter, FacilityQueryError
-from tests.conftest import require_tool
-from tests.test_e2e_prometheus import free_port, http_get, query, start_fleetwatch, stop, wait_until
+from tests.test_e2e_prometheus import (
+    free_port,
+    http_get,
+    query,
+    serve_exposition,
+    start_fleetwatch,
+    start_prometheus,
+    stop,
+    wait_until,
+)
 
 PDU = 'pdu_input_power_watts{pdu="a"} 7000\npdu_input_power_watts{pdu="b"} 6000\n'
 FACILITY_W = 13000.0          # more than 8 simulated GPUs can draw, so PUE > 1
 QUERY = "sum(pdu_input_power_watts)"
-
-
-class _PduHandler(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        body = PDU.encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "text/plain; version=0.0.4")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def _env(prom_url: str) -> dict[str, str]:
@@ -46,26 +38,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int, s
     """A PDU exposition, Prometheus scraping it and fleetwatch, fleetwatch reading the PDU from Prometheus, and
     a second fleetwatch whose facility Prometheus does not answer."""
     tmp = tmp_path_factory.mktemp("facility")
-    pdu = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _PduHandler)
-    threading.Thread(target=pdu.serve_forever, daemon=True).start()
-    binary = require_tool("prometheus")
+    pdu = serve_exposition(PDU)
     pport = free_port()
     url = f"http://127.0.0.1:{pport}"
     fw, port = start_fleetwatch(tmp, "--simulate", "2x4", "--seed", "3", "--no-record", env=_env(url))
     dead, dead_port = start_fleetwatch(tmp, "--simulate", "1x2", "--seed", "3", "--no-record",
                                        env=_env(f"http://127.0.0.1:{free_port()}"))
-    cfg = tmp / "prometheus.yml"
-    cfg.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\nscrape_configs:\n"
-                   f"  - job_name: fleetwatch\n    static_configs:\n      - targets: ['127.0.0.1:{port}']\n"
-                   f"  - job_name: pdu\n    static_configs:\n      - targets: ['127.0.0.1:{pdu.server_port}']\n")
-    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{pport}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = None
     try:
-        wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", proc)
+        proc, _ = start_prometheus(tmp, {"fleetwatch": [port], "pdu": [pdu.server_port]}, port=pport)
         yield port, dead_port, url
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
         stop(fw)
         stop(dead)
         pdu.shutdown()

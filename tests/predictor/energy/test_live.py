@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from fleetwatch.cli import main
 from tests.conftest import require_tool
-from tests.test_e2e_prometheus import free_port, http_get, query, start_fleetwatch, stop, wait_until
+from tests.test_e2e_prometheus import central_config, free_port, http_get, query, start_fleetwatch, stop, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -89,11 +89,7 @@ def test_central_service_forecasts_the_fleet_from_prometheus(live: tuple[int, st
     """A central fleetwatch with no local sources (deploy/config/central.yml) forecasts what Prometheus holds."""
     _, url = live
     wait_until(lambda: query(url, "fleetwatch_gpu_power_watts"), 30, "GPU power in Prometheus")
-    cfg = tmp_path / "central.yml"
-    cfg.write_text('simulate: "off"\nrecord: {enabled: false}\nfailure: {enabled: false}\n'
-                   "collector:\n" + "".join(f"  {s}: {{enabled: false}}\n" for s in (
-                       "gpu", "kernel_xid", "netdev", "infiniband", "rapl", "redfish")) +
-                   f"energy: {{source: '{url}'}}\n")
+    cfg = central_config(tmp_path / "central.yml", f"failure: {{enabled: false}}\nenergy: {{source: '{url}'}}\n")
     central, port = start_fleetwatch(tmp_path, "--config", str(cfg))
     try:
         def gpus() -> set[tuple[str, str]]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,8 +10,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from fleetwatch.config import ConfigError, load_config
 from predictor.failure.live import build
 from predictor.failure.modelfile import load
-from tests.conftest import require_tool
-from tests.test_e2e_prometheus import free_port, http_get, query, start_fleetwatch, stop, wait_until
+from tests.test_e2e_prometheus import (
+    central_config,
+    http_get,
+    query,
+    start_fleetwatch,
+    start_prometheus,
+    stop,
+    wait_until,
+)
 
 
 def _risks(port: int) -> tuple[dict[tuple[str, str], float], dict[str, str], list[dict[str, str]]]:
@@ -81,23 +87,12 @@ def test_central_service_scores_the_fleet_from_prometheus(tmp_path: Path) -> Non
     Prometheus scrapes from an agent, and explains the agent's faulty GPU by its ECC errors."""
     agent, aport = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "60", "--no-record",
                                     "--no-forecast", "--inject", "hbm-degradation@node-1/2+20m")
-    binary = require_tool("prometheus")
-    pport = free_port()
-    pcfg = tmp_path / "prometheus.yml"
-    pcfg.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-                    f"scrape_configs:\n  - job_name: agent\n    static_configs: [{{targets: ['127.0.0.1:{aport}']}}]\n")
-    prom = subprocess.Popen([binary, f"--config.file={pcfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{pport}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{pport}"
+    prom, url = start_prometheus(tmp_path, {"agent": [aport]})
     central = None
     try:
         wait_until(lambda: query(url, "fleetwatch_gpu_temperature_celsius"), 60, "GPU readings in Prometheus", prom)
-        cfg = tmp_path / "central.yml"
-        cfg.write_text('simulate: "off"\nrecord: {enabled: false}\nenergy: {enabled: false}\n'
-                       "collector:\n" + "".join(f"  {s}: {{enabled: false}}\n" for s in (
-                           "gpu", "kernel_xid", "netdev", "infiniband", "rapl", "redfish")) +
-                       f"failure: {{source: '{url}', interval: 2s, step: 5s}}\n")
+        cfg = central_config(tmp_path / "central.yml",
+                             f"energy: {{enabled: false}}\nfailure: {{source: '{url}', interval: 2s, step: 5s}}\n")
         central, cport = start_fleetwatch(tmp_path, "--config", str(cfg))
 
         def faulty_ecc_cited() -> bool:
