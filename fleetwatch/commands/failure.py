@@ -38,6 +38,9 @@ def add_parsers(sub: Any, parsers: dict[str, argparse.ArgumentParser]) -> dict[s
                     help="feature grid step (default 15m; the traces' sampling interval or coarser)")
     tr.add_argument("--false-alarm-budget", type=float, default=0.05, dest="fa_budget", metavar="N",
                     help="false alarms per 1,000 GPU-days the threshold may give on validation (default 0.05)")
+    tr.add_argument("--validate", action="append", default=[], metavar="TRACE",
+                    help="choose the operating threshold on these traces (other GPUs; repeatable); default: "
+                         "on the training GPUs' out-of-fold risk")
     tr.add_argument("--seed", type=int, default=0)
     sc = sub.add_parser("score", help="score every GPU of traces with a failure-risk model")
     sc.add_argument("model_traces", nargs="+", metavar="TRACE")
@@ -81,7 +84,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from predictor.failure.pipeline import train
 
     try:
-        model = train(args.model_traces, horizon_s=args.horizon, step_s=args.step, seed=args.seed,
+        model = train(args.model_traces, validation=args.validate, horizon_s=args.horizon, step_s=args.step,
+                      seed=args.seed,
                       fa_budget=args.fa_budget, progress=lambda m: print(f"fleetwatch: train: {m}", file=sys.stderr))
     except (TraceError, ValueError, FileNotFoundError) as err:
         return _fail("train", str(err))

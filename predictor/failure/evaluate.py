@@ -1,12 +1,15 @@
 """Evaluation against the trace's ground-truth fault log: alert episodes, precision/recall, lead time,
 false alarms per 1,000 GPU-days, PR-AUC, and the same for the dcgm-style rule baseline.
 
-Alert semantics. An alert is the risk crossing the operating threshold for a GPU; consecutive samples
-above it (with gaps up to `merge_s`) form one episode, so a GPU flagged for a day is one alert, not 48.
+Alert semantics. An alert is the risk crossing the operating threshold for a GPU; it holds while the risk
+stays at or above DEFAULT_CLEAR_RATIO × the threshold (hysteresis, as alert rules clear), and alerting
+samples with gaps up to `merge_s` form one episode, so a GPU flagged for a day is one alert, not 48.
 An episode is true when the GPU fails while it stands or within the horizon H after its last sample
-above the threshold; otherwise it is a false alarm. A failure is caught when a true episode started
-before it; its lead time is failure minus the start of the first such episode. The rule baseline alerts
-on each double-bit ECC error or critical XID (and GPU lost) as it happens: lead time zero by construction.
+above the threshold; otherwise it is a false alarm. Samples in a trace's last horizon on GPUs that have
+not failed by its end are censored (their outcome is unknown): they neither raise nor clear alerts.
+A failure is caught when a true episode started before it; its lead time is failure minus the start of
+the first such episode. The rule baseline alerts on each double-bit ECC error or critical XID (and GPU
+lost) as it happens: lead time zero by construction.
 Ground truth is read here only, never by training or scoring.
 """
 
@@ -25,6 +28,9 @@ from collector.trace_io import read_ground_truth
 from predictor.failure.labels import DEFAULT_HORIZON_S
 
 DEFAULT_MERGE_S = 6 * 3600.0
+# An alert clears below this share of the threshold, as the default FleetwatchGpuHighFailureRisk rule does
+# (fires above 0.8, clears below 0.6): a risk wobbling around the threshold is one alert, not several.
+DEFAULT_CLEAR_RATIO = 0.75
 KEYS = ("precision", "recall", "recall_with_precursors", "pr_auc", "median_lead_time_h", "p10_lead_time_h",
         "false_alarms_per_1000_gpu_days", "threshold", "gpus", "gpu_days", "failures")
 
@@ -75,13 +81,22 @@ class TruthFailure:
 
 
 def episodes(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, threshold: float,
-             merge_s: float = DEFAULT_MERGE_S) -> list[Episode]:
-    """Alert episodes: runs of valid samples with risk >= threshold, runs closer than merge_s joined."""
-    above = (risk >= threshold) & valid
+             merge_s: float = DEFAULT_MERGE_S, clear_ratio: float = DEFAULT_CLEAR_RATIO) -> list[Episode]:
+    """Alert episodes: an alert fires when the risk reaches the threshold and holds while it stays at or above
+    clear_ratio × threshold (hysteresis, as alert rules clear); runs closer than merge_s are joined."""
+    clear = threshold * min(1.0, clear_ratio)
+    hold = (risk >= clear) & valid
+    fire = (risk >= threshold) & valid
     out: list[Episode] = []
     merge_ns = int(merge_s * 1e9)
-    for g in np.nonzero(above.any(axis=1))[0]:
-        idx = np.nonzero(above[g])[0]
+    for g in np.nonzero(fire.any(axis=1))[0]:
+        h = hold[g]
+        # runs of consecutive holding samples; a run is alerting from its first firing sample on
+        run_id = np.cumsum(np.concatenate([[True], ~h[:-1]]) & h)
+        first = np.full(int(run_id[-1]) + 1, len(h))
+        fires = np.nonzero(fire[g])[0]
+        np.minimum.at(first, run_id[fires], fires)
+        idx = np.nonzero(h & (np.arange(len(h)) >= first[run_id]))[0]
         t = ts_ns[idx]
         breaks = np.nonzero(np.diff(t) > merge_ns)[0]
         starts = np.concatenate([[0], breaks + 1])

@@ -65,6 +65,7 @@ class FeatureDef:
     words: str
     kind: str          # "rate" (per hour), "count" (in a window), "level", "fraction", "delta"
     window_h: int = 0
+    worse_when_higher: bool = True    # a monotonic constraint of the model: more never lowers the risk
 
 
 def _defs() -> list[FeatureDef]:
@@ -76,12 +77,13 @@ def _defs() -> list[FeatureDef]:
     out.append(FeatureDef("remap_pending", "row remapping pending", "level"))
     out.append(FeatureDef("temp_rel_1h", "temperature above node peers", "level", 1))
     out.append(FeatureDef("temp_rel_6h", "temperature above node peers", "level", 6))
-    out.append(FeatureDef("temp_std_6h", "temperature variability", "level", 6))
+    out.append(FeatureDef("temp_std_6h", "temperature variability", "level", 6, worse_when_higher=False))
     out.append(FeatureDef("temp_excursions_24h", "time hot versus node peers", "fraction", 24))
     out.append(FeatureDef("memtemp_rel_1h", "memory temperature above node peers", "level", 1))
     out.extend(FeatureDef(f"throttle_{k}_6h", f"time in {w}", "fraction", 6) for k, (_, w) in THROTTLE_BITS.items())
-    out.append(FeatureDef("power_std_6h", "power variability", "level", 6))
-    out.append(FeatureDef("power_resid_6h", "power above fleet at same utilisation", "level", 6))
+    out.append(FeatureDef("power_std_6h", "power variability", "level", 6, worse_when_higher=False))
+    out.append(FeatureDef("power_resid_6h", "power above fleet at same utilisation", "level", 6,
+                          worse_when_higher=False))
     out.extend(FeatureDef(f"xid_{c}_24h", f"{c} XIDs", "count", 24) for c in XID_CLASSES)
     return out
 
@@ -89,6 +91,9 @@ def _defs() -> list[FeatureDef]:
 FEATURES: tuple[FeatureDef, ...] = tuple(_defs())
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 BY_FEATURE: dict[str, FeatureDef] = {f.name: f for f in FEATURES}
+# HistGradientBoosting's monotonic_cst: error rates, throttling, heat relative to peers and XIDs only
+# ever raise the risk; variability and power residuals may go either way.
+MONOTONIC: tuple[int, ...] = tuple(1 if f.worse_when_higher else 0 for f in FEATURES)
 
 
 @dataclass(slots=True)

@@ -25,7 +25,7 @@ from predictor.failure.features import FEATURE_NAMES, FEATURE_SET
 from predictor.failure.model import FailureRiskModel
 
 MAGIC = "fleetwatch-failure-model"
-FORMAT = 1
+FORMAT = 2                  # 2: cross-fitted calibration, monotonic constraints
 
 
 class ModelFileError(ValueError):

@@ -1,10 +1,10 @@
 """Train, score and evaluate over traces: features → labels → model → threshold, one trace at a time.
 
 Each trace is read through its own TraceView (two simulated fleets may reuse node names and times, so
-they are never merged into one view). Training splits GPUs and time (train GPUs on the earlier part,
-validation GPUs on the later part), fits on the training part, picks the operating threshold on the
-validation part to meet the false-alarm budget. The model saved is the one fitted on the training part,
-so that its threshold was chosen for exactly that model.
+they are never merged into one view). Training cross-fits the classifier over folds of nodes and picks
+the operating threshold on every training GPU's out-of-fold risk, to meet the false-alarm budget and the
+precision floor; the model saved is fitted on everything. Evaluation belongs on other GPUs and later
+time (bench/bench_failure.py tests on unseen fleets that start when the training fleet ends).
 """
 
 from __future__ import annotations
@@ -30,9 +30,16 @@ from predictor.failure.evaluate import (
     truth_failures,
 )
 from predictor.failure.explain import Reason, explain
-from predictor.failure.features import FEATURE_NAMES, LOOKBACK_S, METRICS_READ, FeatureFrame, compute_features
+from predictor.failure.features import (
+    FEATURE_NAMES,
+    LOOKBACK_S,
+    METRICS_READ,
+    MONOTONIC,
+    FeatureFrame,
+    compute_features,
+)
 from predictor.failure.labels import DEFAULT_HORIZON_S, LABEL_METRICS, failure_times, sample_labels
-from predictor.failure.model import FailureRiskModel, SampleSet, flatten, split_by_gpu_and_time
+from predictor.failure.model import FailureRiskModel, SampleSet, flatten
 from predictor.failure.modelfile import ModelFile
 
 log = logging.getLogger("fleetwatch.failure")
@@ -43,6 +50,7 @@ WARMUP_S = 6 * 3600.0                  # samples this early in a trace have too 
 FA_BUDGET = 0.05                       # false alarms per 1,000 GPU-days targeted on validation (half of 0.1)
 MIN_PRECISION = 0.9
 MAX_NEGATIVES = 150_000
+DEFAULT_FOLDS = 4
 
 
 @dataclass(slots=True)
@@ -93,25 +101,35 @@ def observed_failures(td: TraceData, gpus: np.ndarray | None = None) -> list[Tru
 def choose_threshold(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, failures: Sequence[TruthFailure],
                      gpu_days: float, horizon_s: float, *, fa_budget: float = FA_BUDGET,
                      min_precision: float = MIN_PRECISION) -> tuple[float, Scores]:
-    """The lowest threshold whose false alarms and precision meet the targets (else the best precision)."""
+    """The lowest threshold whose false alarms and precision meet the targets; else the lowest that meets the
+    precision; else the one with the best F0.5 (precision weighted twice recall: false drains cost more)."""
     if not failures:            # nothing to tune against: a conservative default
         return 0.5, score(episodes(risk, valid, ts_ns, 0.5), failures, gpus=risk.shape[0], gpu_days=gpu_days,
                           horizon_s=horizon_s, threshold=0.5)
     vals = risk[valid]
-    cand = np.unique(np.quantile(vals[vals > 0.01], np.linspace(0.5, 1.0, 120))) if (vals > 0.01).any() else []
-    best: tuple[float, Scores] | None = None
+    # Candidates: quantiles of the samples' risk and of each GPU's peak (where the set of alerted GPUs changes).
+    peaks = np.where(valid, risk, 0.0).max(axis=1)
+    qs = np.linspace(0.5, 1.0, 120)
+    parts = [np.quantile(v[v > 0.01], qs, method="lower") for v in (vals, peaks) if (v > 0.01).any()]
+    cand = np.unique(np.concatenate(parts)) if parts else np.zeros(0)
+    both: tuple[float, Scores] | None = None
+    precise: tuple[float, Scores] | None = None
     fallback: tuple[tuple[float, float], float, Scores] | None = None
     for thr in cand:
         s = score(episodes(risk, valid, ts_ns, float(thr)), failures, gpus=risk.shape[0], gpu_days=gpu_days,
                   horizon_s=horizon_s, threshold=float(thr))
-        if (s.false_alarms_per_1000_gpu_days <= fa_budget and (s.precision or 0.0) >= min_precision
-                and best is None):
-            best = (float(thr), s)
-        key = ((s.precision or 0.0) - s.false_alarms_per_1000_gpu_days, s.recall or 0.0)
+        if (s.precision or 0.0) >= min_precision:
+            if precise is None:
+                precise = (float(thr), s)
+            if both is None and s.false_alarms_per_1000_gpu_days <= fa_budget:
+                both = (float(thr), s)
+        p, r = s.precision or 0.0, s.recall or 0.0
+        key = (1.25 * p * r / (0.25 * p + r) if p + r > 0 else 0.0, -float(thr))
         if fallback is None or key > fallback[0]:
             fallback = (key, float(thr), s)
-    if best is not None:
-        return best
+    for chosen in (both, precise):
+        if chosen is not None:
+            return chosen
     if fallback is not None:
         return fallback[1], fallback[2]
     return 0.5, score([], failures, gpus=risk.shape[0], gpu_days=gpu_days, horizon_s=horizon_s, threshold=0.5)
@@ -122,73 +140,77 @@ def _gpu_days(valid: np.ndarray, ts_ns: np.ndarray) -> float:
     return float(valid.sum()) * step / 86400.0
 
 
-def _samples(data: Sequence[TraceData], horizon_s: float, select: Callable[[TraceData], np.ndarray] | None,
-             seed: int) -> SampleSet:
+def _samples(data: Sequence[TraceData], horizon_s: float, seed: int) -> SampleSet:
     parts: list[SampleSet] = []
     offset = 0
     per_trace = MAX_NEGATIVES // max(1, len(data))
     for td in data:
         y, valid = _labels(td, horizon_s)
-        if select is not None:
-            valid &= select(td)
         parts.append(flatten(td.frame.X, y, td.frame.ts_ns, valid, max_negatives=per_trace, seed=seed,
                              gpu_offset=offset))
         offset += len(td.frame.keys)
     return SampleSet(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("X", "y", "gpu", "ts_ns", "weight")))
 
 
-def train(traces: Sequence[str | Path], *, horizon_s: float = DEFAULT_HORIZON_S, step_s: float = DEFAULT_STEP_S,
-          every: int = DEFAULT_EVERY, seed: int = 0, fa_budget: float = FA_BUDGET,
-          min_precision: float = MIN_PRECISION, progress: Callable[[str], None] | None = None) -> ModelFile:
-    """Train a model file on traces (their observable events and metrics only)."""
+def _node_groups(data: Sequence[TraceData]) -> np.ndarray:
+    """A group number per GPU row (rows of all traces stacked): its node, never shared across traces."""
+    names = [f"{i}\x00{k.node}" for i, td in enumerate(data) for k in td.frame.keys]
+    return np.unique(np.asarray(names), return_inverse=True)[1].astype(np.int64)
+
+
+def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = (),
+          horizon_s: float = DEFAULT_HORIZON_S, step_s: float = DEFAULT_STEP_S, every: int = DEFAULT_EVERY,
+          seed: int = 0, fa_budget: float = FA_BUDGET, min_precision: float = MIN_PRECISION,
+          folds: int = DEFAULT_FOLDS, progress: Callable[[str], None] | None = None) -> ModelFile:
+    """Train a model file on traces (their observable events and metrics only).
+
+    Folds are by node (a node's GPUs share jobs, power and faults). The operating threshold is chosen on
+    `validation` traces (other GPUs, scored by the model as it will run) when given, else on every
+    training GPU's out-of-fold risk (each from the member that did not see its node). Out-of-fold risk
+    is a single member's, noisier than the members' mean, so it picks a conservative threshold.
+    """
     say = progress or (lambda _m: None)
     data = []
     for t in traces:
         say(f"features: {t}")
         data.append(load_trace(t, step_s, every))
-    splits = {id(td): split_by_gpu_and_time(len(td.frame.keys), td.frame.ts_ns, seed=seed) for td in data}
-
-    def train_part(td: TraceData) -> np.ndarray:
-        tr, _, cut = splits[id(td)]
-        return tr[:, None] & (td.frame.ts_ns < cut)[None, :]
-
-    say("fitting on the training split")
-    s = _samples(data, horizon_s, train_part, seed)
-    model = FailureRiskModel(random_state=seed).fit(s.X, s.y, sample_weight=s.weight, groups=s.gpu)
-    # threshold on the validation GPUs' later period, all traces pooled
+    node_of_gpu = _node_groups(data)
+    s = _samples(data, horizon_s, seed)
+    say(f"fitting on {len(s.y)} samples ({int(s.y.sum())} positive), {folds} folds by node")
+    model = FailureRiskModel(monotonic_cst=MONOTONIC, cv=folds, random_state=seed)
+    model.fit(s.X, s.y, sample_weight=s.weight, groups=node_of_gpu[s.gpu])
+    held = [load_trace(t, step_s, every) for t in validation]
     risks, valids, fails, ts_all, days = [], [], [], [], 0.0
     gpu_base = 0
-    for td in data:
-        _, va, cut = splits[id(td)]
+    for td in held or data:
         _, valid = _labels(td, horizon_s)
-        valid &= va[:, None] & (td.frame.ts_ns >= cut)[None, :]
         g, t, f = td.frame.X.shape
-        risk = model.risk(td.frame.X.reshape(-1, f)).reshape(g, t)
-        risks.append(risk)
+        X = td.frame.X.reshape(-1, f)
+        risk = model.risk(X) if held else model.oof_risk(X, np.repeat(node_of_gpu[gpu_base:gpu_base + g], t))
+        risks.append(risk.reshape(g, t))
         valids.append(valid)
         ts_all.append(td.frame.ts_ns)
-        fails.extend(TruthFailure(x.gpu + gpu_base, x.ts_ns, True, x.kind)
-                     for x in observed_failures(td, va) if x.ts_ns >= cut)
+        fails.extend(TruthFailure(x.gpu + gpu_base, x.ts_ns, True, x.kind) for x in observed_failures(td))
         days += _gpu_days(valid, td.frame.ts_ns)
         gpu_base += g
+    model.drop_folds()
+    method = "validation traces" if held else "out-of-fold risk (folds by node)"
     thr, val_scores = _pooled_threshold(risks, valids, ts_all, fails, days, horizon_s, fa_budget, min_precision)
-    say(f"threshold {thr:.4f} on validation: precision {val_scores.precision}, recall {val_scores.recall}, "
+    say(f"threshold {thr:.4f} on {method}: precision {val_scores.precision}, recall {val_scores.recall}, "
         f"{val_scores.false_alarms_per_1000_gpu_days:.3f} false alarms / 1000 GPU-days")
-    # No refit on everything: the threshold was chosen for this very model (and fitting is the slow part).
-    final = model
-    s_all = s
-    neg = s_all.X[s_all.y == 0]
+    neg = s.X[s.y == 0]
     median = np.nanmedian(neg, axis=0) if len(neg) else np.zeros(len(FEATURE_NAMES))
     q75, q25 = (np.nanpercentile(neg, q, axis=0) for q in (75, 25)) if len(neg) else (median, median)
     scale = np.where(q75 - q25 > 0, q75 - q25, np.maximum(np.nanstd(neg, axis=0) if len(neg) else 1.0, 1e-6))
     training = {
         "traces": [str(t) for t in traces], "start_ns": min(td.start_ns for td in data),
         "end_ns": max(td.end_ns for td in data), "gpus": int(sum(len(td.frame.keys) for td in data)),
-        "failures": int(sum(len(td.failures) for td in data)), "samples": len(s_all.y),
-        "positives": int(s_all.y.sum()), "validation": val_scores.as_dict(), "seed": seed,
-        "fa_budget": fa_budget, "min_precision": min_precision,
+        "failures": int(sum(len(td.failures) for td in data)), "samples": len(s.y),
+        "positives": int(s.y.sum()), "validation": val_scores.as_dict(), "validation_method": method,
+        "validation_traces": [str(t) for t in validation],
+        "folds": folds, "seed": seed, "fa_budget": fa_budget, "min_precision": min_precision,
     }
-    return ModelFile(estimator=final, threshold=thr, horizon_s=horizon_s, step_s=step_s,
+    return ModelFile(estimator=model, threshold=thr, horizon_s=horizon_s, step_s=step_s,
                      fleet_median=median.astype(np.float64), fleet_scale=scale.astype(np.float64), training=training)
 
 
@@ -283,7 +305,9 @@ def evaluate(model: ModelFile, traces: Sequence[str | Path], *, horizon_s: float
         fails = truth_failures([t], keys, start, td.end_ns)
         first = first_failure(fails, len(keys))
         obs = np.array([td.failures.get(i, np.iinfo(np.int64).max) for i in range(len(keys))], dtype=np.int64)
-        y, valid = sample_truth(td.frame.ts_ns, np.minimum(first, obs), h, td.end_ns + int(h * 1e9))
+        # Right-censored: a sample in the trace's last horizon on a GPU that has not failed by the end has an
+        # outcome the trace cannot show, so it neither raises nor clears an alert (as in training).
+        y, valid = sample_truth(td.frame.ts_ns, np.minimum(first, obs), h, td.end_ns)
         valid &= (td.frame.ts_ns >= start)[None, :]
         g, n_t, f = td.frame.X.shape
         risk = model.estimator.risk(td.frame.X.reshape(-1, f)).reshape(g, n_t)

@@ -14,9 +14,21 @@ from predictor.failure.modelfile import load
 
 def test_train_writes_a_versioned_supervised_model(model_path: Path, train_trace: Path) -> None:
     m = load(model_path)
-    assert m.kind == "supervised" and 0 < m.threshold < 1
+    assert m.kind == "supervised" and 0 < m.threshold <= 1
     assert m.training["traces"] == [str(train_trace)] and m.training["failures"] == 14
+    assert m.training["validation_method"].startswith("out-of-fold") and m.training["folds"] == 4
     assert m.training["start_ns"] < m.training["end_ns"]
+
+
+def test_train_can_choose_its_threshold_on_validation_traces(train_trace: Path, test_trace: Path,
+                                                            tmp_path: Path) -> None:
+    out = tmp_path / "m.joblib"
+    assert main(["train", str(train_trace), "--validate", str(test_trace), "-o", str(out)]) == 0
+    m = load(out)
+    assert m.training["validation_method"] == "validation traces"
+    assert m.training["validation_traces"] == [str(test_trace)]
+    # the figures are the validation fleet's: its 48 GPUs, not the 64 it was trained on
+    assert m.training["validation"]["gpus"] == 48 and 0 < m.threshold <= 1
 
 
 def test_evaluate_json_has_the_figures_and_beats_the_rule_on_lead_time(

@@ -38,3 +38,16 @@ def test_an_alert_long_before_the_horizon_is_false() -> None:
     s = score(episodes(risk, np.ones((1, 100), dtype=bool), ts, 0.5), [TruthFailure(0, 60 * H, True, "x")],
               gpus=1, gpu_days=4.0, horizon_s=24 * 3600.0)
     assert s.precision == 0.0 and s.recall == 0.0 and s.false_alarms == 1
+
+
+def test_hysteresis_keeps_a_wobbling_risk_one_alert() -> None:
+    ts = np.arange(40) * H
+    risk = np.zeros((1, 40))
+    risk[0, 5] = 0.9                              # fires
+    risk[0, 6:30] = 0.7                           # holds: above the clear level 0.75 × 0.8 = 0.6
+    risk[0, 12] = 0.5                             # one dip below the clear level ends it
+    valid = np.ones((1, 40), dtype=bool)
+    with_h = episodes(risk, valid, ts, 0.8, merge_s=3600.0)
+    assert [(e.start_ns // H, e.end_ns // H) for e in with_h] == [(5, 11)]      # 13-29 never fired again
+    without = episodes(risk, valid, ts, 0.8, merge_s=3600.0, clear_ratio=1.0)
+    assert [(e.start_ns // H, e.end_ns // H) for e in without] == [(5, 5)]

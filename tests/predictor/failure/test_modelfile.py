@@ -10,7 +10,7 @@ import pytest
 
 from predictor.failure.features import FEATURE_NAMES
 from predictor.failure.model import FailureRiskModel
-from predictor.failure.modelfile import ModelFile, ModelFileError, load, save
+from predictor.failure.modelfile import FORMAT, ModelFile, ModelFileError, load, save
 
 
 def _model() -> ModelFile:
@@ -23,7 +23,7 @@ def test_round_trip_keeps_version_and_figures(tmp_path: Path) -> None:
     m = _model()
     p = save(m, tmp_path / "m.joblib")
     back = load(p)
-    assert back.version == m.version and back.version.startswith("1-")
+    assert back.version == m.version and back.version.startswith(f"{FORMAT}-")
     assert back.threshold == 0.4 and back.features == FEATURE_NAMES and back.kind == "anomaly"
     X = np.ones((2, len(FEATURE_NAMES)))
     np.testing.assert_allclose(back.estimator.risk(X), m.estimator.risk(X))

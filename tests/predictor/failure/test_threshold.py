@@ -1,0 +1,44 @@
+"""The operating threshold: the lowest that meets the precision floor and the false-alarm budget."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from predictor.failure.evaluate import TruthFailure
+from predictor.failure.pipeline import choose_threshold
+
+H = 3600 * 10**9
+
+
+def _fleet() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[TruthFailure]]:
+    ts = np.arange(200) * H
+    risk = np.full((20, 200), 0.02)
+    fails = []
+    for g in range(10):                       # ten GPUs fail at 150 h; their risk rises to 0.9 from 140 h
+        risk[g, 140:150] = 0.9
+        fails.append(TruthFailure(g, 150 * H, True, "x"))
+    risk[10, 50:52] = 0.6                     # a healthy GPU with a blip of 0.6: a false alarm below 0.6
+    valid = np.ones_like(risk, dtype=bool)
+    valid[:10, 150:] = False
+    return risk, valid, ts, fails
+
+
+def test_lowest_threshold_that_meets_both_targets() -> None:
+    risk, valid, ts, fails = _fleet()
+    thr, s = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                              fa_budget=0.5, min_precision=0.95)
+    assert 0.6 < thr <= 0.9 and s.precision == 1.0 and s.recall == 1.0 and s.false_alarms == 0
+
+
+def test_a_looser_budget_keeps_the_precision_floor() -> None:
+    risk, valid, ts, fails = _fleet()
+    # one false alarm in 1,000 GPU-days is within a budget of 2, and 10 of 11 alerts are true (0.91)
+    thr, s = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                              fa_budget=2.0, min_precision=0.9)
+    assert thr <= 0.6 and s.false_alarms == 1 and s.recall == 1.0
+    # a GPU that alarms above every failing one: no threshold has no false alarm, so a budget of 0 cannot be
+    # met; the lowest threshold that keeps the precision floor is taken (0.9: 10 of 11 alerts true)
+    risk[11, 80:82] = 0.95
+    thr, s = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                              fa_budget=0.0, min_precision=0.9)
+    assert 0.6 < thr <= 0.9 and s.false_alarms == 1 and s.recall == 1.0
