@@ -85,8 +85,8 @@ def test_bad_model_file_is_a_config_error(tmp_path: Path) -> None:
 def test_central_service_scores_the_fleet_from_prometheus(tmp_path: Path) -> None:
     """A central fleetwatch with no local sources (deploy/config/central.yml) scores the GPUs that a real
     Prometheus scrapes from an agent, and explains the agent's faulty GPU by its ECC errors."""
-    agent, aport = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "60", "--no-record",
-                                    "--no-forecast", "--inject", "hbm-degradation@node-1/2+20m")
+    agent, aport = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "120", "--no-record",
+                                    "--no-forecast", "--inject", "hbm-degradation@node-1/2+4m")
     prom, url = start_prometheus(tmp_path, {"agent": [aport]})
     central = None
     try:
