@@ -8,8 +8,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-from tests.conftest import require_tool
-from tests.test_e2e_prometheus import free_port, http_get, start_fleetwatch, stop, wait_until
+from tests.test_e2e_prometheus import free_port, http_get, start_fleetwatch, start_prometheus, stop, wait_until
 
 ROOT = Path(__file__).resolve().parents[1]
 PREDICTED = {"fleetwatch_power_forecast_watts", "fleetwatch_gpu_failure_risk"}
@@ -26,18 +25,9 @@ def _series(prom: str, job: str) -> set[tuple[tuple[str, str], ...]]:
 
 
 def test_replay_is_indistinguishable_for_prometheus(tmp_path: Path) -> None:
-    binary = require_tool("prometheus")
-    live_port, replay_port, prom_port = free_port(), free_port(), free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text("global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\nscrape_configs:\n"
-                   f"  - job_name: live\n    static_configs: [{{targets: ['127.0.0.1:{live_port}']}}]\n"
-                   f"  - job_name: replay\n    static_configs: [{{targets: ['127.0.0.1:{replay_port}']}}]\n")
-    prom = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{prom_port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{prom_port}"
+    live_port, replay_port = free_port(), free_port()
+    prom, url = start_prometheus(tmp_path, {"live": [live_port], "replay": [replay_port]}, interval="500ms")
     try:
-        wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", prom)
         data = tmp_path / "live-data"
         live, _ = start_fleetwatch(tmp_path, "--simulate", "1x2", "--seed", "4", "--data-dir", str(data),
                                    port=live_port, env={"FLEETWATCH_RECORD__FLUSH_INTERVAL": "500ms"})

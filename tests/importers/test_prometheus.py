@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import subprocess
 import time
 import urllib.parse
 from collections.abc import Iterator
@@ -17,9 +16,8 @@ from aiohttp import web
 from collector.catalogue import MIB
 from collector.importers import InputError, import_prometheus_async
 from collector.importers.prometheus import Request, _instance_host, plan_requests
-from tests.conftest import require_tool
 from tests.importers.helpers import assert_layout, entities, tree, values
-from tests.test_e2e_prometheus import free_port, http_get, start_fleetwatch, stop, wait_until
+from tests.test_e2e_prometheus import free_port, http_get, start_fleetwatch, start_prometheus, stop, wait_until
 
 S = 10**9
 
@@ -27,22 +25,15 @@ S = 10**9
 @pytest.fixture(scope="module")
 def prometheus_with_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus (Debian package) scraping a simulated 1x2 fleetwatch every 500 ms."""
-    binary = require_tool("prometheus")
     tmp_path = tmp_path_factory.mktemp("prometheus")
     fw, fw_port = start_fleetwatch(tmp_path, "--simulate", "1x2", "--seed", "3", "--names", "both", "--no-record")
-    port = free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text("global:\n  scrape_interval: 500ms\n  scrape_timeout: 500ms\nscrape_configs:\n"
-                   f"  - job_name: fleetwatch\n    static_configs:\n      - targets: ['127.0.0.1:{fw_port}']\n")
-    prom = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
+    prom = None
     try:
-        wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", prom)
+        prom, url = start_prometheus(tmp_path, {"fleetwatch": [fw_port]}, interval="500ms")
         yield url
     finally:
-        stop(prom)
+        if prom is not None:
+            stop(prom)
         stop(fw)
 
 

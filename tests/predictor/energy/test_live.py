@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,8 +11,16 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from fleetwatch.cli import main
-from tests.conftest import require_tool
-from tests.test_e2e_prometheus import central_config, free_port, http_get, query, start_fleetwatch, stop, wait_until
+from tests.test_e2e_prometheus import (
+    central_config,
+    free_port,
+    http_get,
+    query,
+    start_fleetwatch,
+    start_prometheus,
+    stop,
+    wait_until,
+)
 
 
 @pytest.fixture(scope="module")
@@ -22,21 +29,13 @@ def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
     tmp = tmp_path_factory.mktemp("energy-live")
     fw, port = start_fleetwatch(tmp, "--simulate", "2x4", "--speed", "600", "--seed", "5", "--no-record",
                                 "--power-budget-watts", "4000")
-    binary = require_tool("prometheus")
-    pport = free_port()
-    cfg = tmp / "prometheus.yml"
-    cfg.write_text("global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-                   f"scrape_configs:\n  - job_name: fleetwatch\n    static_configs:\n"
-                   f"      - targets: ['127.0.0.1:{port}']\n")
-    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{pport}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{pport}"
+    proc = None
     try:
-        wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", proc)
+        proc, url = start_prometheus(tmp, {"fleetwatch": [port]})
         yield port, url
     finally:
-        stop(proc)
+        if proc is not None:
+            stop(proc)
         stop(fw)
 
 
