@@ -113,22 +113,41 @@ def wait_until(pred, timeout: float, what: str, proc: subprocess.Popen | None = 
     pytest.fail(f"timed out waiting for {what} (last error: {last_err})")
 
 
-def start_fleetwatch(tmp: Path, *args: str, env: dict[str, str] | None = None,
-                     port: int | None = None) -> tuple[subprocess.Popen, int]:
-    """Start `fleetwatch run` on a (free) loopback port."""
+def launch_fleetwatch(tmp: Path, *args: str, env: dict[str, str] | None = None,
+                      port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """Start `fleetwatch run` on a (free) loopback port without waiting: its seconds of imports can overlap
+    another process's start-up; wait_ready() then waits for it."""
     port = port or free_port()
     cmd = [sys.executable, "-m", "fleetwatch.cli", "run", "--listen", f"127.0.0.1:{port}",
            "--data-dir", str(tmp / f"data-{port}"), *args]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env={**os.environ, **(env or {})})
-    wait_until(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "fleetwatch ready", proc)
     return proc, port
 
 
-def stop(proc: subprocess.Popen) -> None:
-    """SIGTERM, then SIGKILL if it does not exit."""
-    if proc.poll() is None:
+def wait_ready(proc: subprocess.Popen, port: int) -> None:
+    """Wait for a launched `fleetwatch run` to answer /readyz (stopping it if it never does)."""
+    try:
+        wait_until(lambda: http_get(f"http://127.0.0.1:{port}/readyz")[0] == 200, 30, "fleetwatch ready", proc)
+    except BaseException:
+        stop(proc)
+        raise
+
+
+def start_fleetwatch(tmp: Path, *args: str, env: dict[str, str] | None = None,
+                     port: int | None = None) -> tuple[subprocess.Popen, int]:
+    """Start `fleetwatch run` on a (free) loopback port; (process, port) once ready."""
+    proc, port = launch_fleetwatch(tmp, *args, env=env, port=port)
+    wait_ready(proc, port)
+    return proc, port
+
+
+def stop(*procs: subprocess.Popen) -> None:
+    """SIGTERM (to all of them first, so that they shut down together), then SIGKILL to any that does not exit."""
+    running = [p for p in procs if p.poll() is None]
+    for proc in running:
         proc.send_signal(signal.SIGTERM)
+    for proc in running:
         try:
             proc.wait(15)
         except subprocess.TimeoutExpired:
@@ -137,29 +156,19 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[int]:
-    proc, port = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "7", "--names", "both")
-    yield port
-    stop(proc)
-    assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
-
-
-@pytest.fixture
-def prometheus(tmp_path: Path, fleet: int) -> Iterator[str]:
-    binary = require_tool("prometheus")
+def prometheus(tmp_path: Path) -> Iterator[str]:
+    """A real Prometheus scraping `fleetwatch run --simulate 2x4` every second."""
     port = free_port()
-    cfg = tmp_path / "prometheus.yml"
-    cfg.write_text(
-        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
-        "scrape_configs:\n  - job_name: fleetwatch\n    static_configs:\n"
-        f"      - targets: ['127.0.0.1:{fleet}']\n")
-    proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-                             f"--web.listen-address=127.0.0.1:{port}"],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", proc)
-    yield url
-    stop(proc)
+    # Prometheus first: its first scrape comes ~5 s after start (its service discovery's first update), time
+    # that then overlaps fleetwatch's start-up instead of following it.
+    prom, url = start_prometheus(tmp_path, {"fleetwatch": [port]})
+    try:
+        proc, _ = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "7", "--names", "both", port=port)
+        yield url
+        stop(proc)
+        assert proc.returncode == 0, proc.stdout.read() if proc.stdout else ""
+    finally:
+        stop(prom)
 
 
 def query(url: str, promql: str) -> list[dict]:

@@ -11,7 +11,8 @@ import pytest
 from fleetwatch.config import ConfigError, load_config
 from fleetwatch.service import build_service, run_service
 from tests.conftest import FIXTURES
-from tests.test_e2e_prometheus import free_port
+from tests.test_e2e_prometheus import free_port, start_prometheus
+from tests.test_e2e_prometheus import stop as stop_process
 
 
 async def test_real_mode_without_nvml_reports_gpu_down_and_keeps_running(tmp_path: Path) -> None:
@@ -93,21 +94,31 @@ async def test_central_config_runs_without_local_sources_and_is_ready(tmp_path: 
     token = tmp_path / "webhook-token"          # the Secret the deployment mounts
     token.write_text("s3cret\n")
     token.chmod(0o600)
-    cfg = load_config(REPO / "deploy" / "config" / "central.yml",
-                      {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path),
-                       "remediation": {"listen": f"127.0.0.1:{port}", "token_file": str(token)}}, environ={})
-    svc = build_service(cfg)
-    assert svc.agent.states == {}
-    stop = asyncio.Event()
-    task = asyncio.create_task(run_service(svc, stop, announce=False))
+    # An empty Prometheus on loopback for the predictors to read (the file names http://prometheus:9090, which
+    # does not resolve here: their reads would retry with backoff, and stopping waits for those threads).
+    prom, prom_url = start_prometheus(tmp_path, {})
     try:
-        await svc.agent.started.wait()
-        async with aiohttp.ClientSession() as http:
-            ready = await http.get(f"http://127.0.0.1:{port}/readyz")
-            assert ready.status == 200 and "no local sources" in await ready.text()
-            # Alertmanager's webhook is served on the same port and refuses a request without the token.
-            hook = await http.post(f"http://127.0.0.1:{port}/alertmanager/webhook", json={})
-            assert hook.status == 401
+        cfg = load_config(REPO / "deploy" / "config" / "central.yml",
+                          {"listen": f"127.0.0.1:{port}", "data_dir": str(tmp_path),
+                           "energy": {"source": prom_url}, "failure": {"source": prom_url},
+                           "remediation": {"listen": f"127.0.0.1:{port}", "token_file": str(token)}}, environ={})
+        svc = build_service(cfg)
+        assert svc.agent.states == {}
+        stop = asyncio.Event()
+        task = asyncio.create_task(run_service(svc, stop, announce=False))
+        try:
+            await svc.agent.started.wait()
+            async with aiohttp.ClientSession() as http:
+                ready = await http.get(f"http://127.0.0.1:{port}/readyz")
+                assert ready.status == 200 and "no local sources" in await ready.text()
+                # Alertmanager's webhook is served on the same port and refuses a request without the token.
+                hook = await http.post(f"http://127.0.0.1:{port}/alertmanager/webhook", json={})
+                assert hook.status == 401
+        finally:
+            stop.set()
+            await task
+            # Reads in flight in the predictors' threads finish against the live Prometheus (stopped first, it
+            # would make them retry with backoff while the loop's teardown waits for them).
+            await asyncio.get_running_loop().shutdown_default_executor()
     finally:
-        stop.set()
-        await task
+        stop_process(prom)

@@ -11,11 +11,11 @@ from tests.test_e2e_prometheus import http_get, start_fleetwatch, stop, wait_unt
 def test_run_sends_gpu_lost_for_the_injected_gpu(tmp_path: Path) -> None:
     am = RealAlertmanager(tmp_path).start()
     am.stop()          # down at first: the alert must wait in the outbox and arrive once it is back
-    # The simulated clock starts when the service is built, before its components are imported (seconds on a
-    # loaded machine): at --speed 5 the fault (+30 s, then its 30 s of PCIe replays) strikes ~12 s in, after
-    # the NVML source has discovered the GPU (a GPU lost before discovery has no UUID).
-    proc, port = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "5", "--no-record",
-                                  "--inject", "gpu-lost@node-0/3+30s", "--alertmanager", am.url)
+    # The simulated clock starts again when the service starts running (ScaledClock.restart), just before the
+    # agent's first round, in which the NVML source discovers the GPUs (a GPU lost before discovery has no
+    # UUID): at --speed 20 the fault (+60 s, then its 30 s of PCIe replays) strikes ~4.5 s after that round.
+    proc, port = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "20", "--no-record",
+                                  "--inject", "gpu-lost@node-0/3+60s", "--alertmanager", am.url)
     try:
         def outboxed() -> bool:
             _, body = http_get(f"http://127.0.0.1:{port}/metrics")

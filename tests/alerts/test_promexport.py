@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,16 +19,12 @@ ROOT = Path(__file__).resolve().parents[2]
 DEPLOY_RULES = ROOT / "deploy" / "prometheus" / "rules" / "fleetwatch-alerts.yml"
 
 
-def fleetwatch(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "fleetwatch.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=120)
-
-
-def test_export_of_the_defaults_passes_promtool_and_its_unit_tests(tmp_path: Path) -> None:
+def test_export_of_the_defaults_passes_promtool_and_its_unit_tests(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     promtool = require_tool("promtool")
     out = tmp_path / promtool_cases.RULE_FILE
-    res = fleetwatch("rules", "export", "-o", str(out))
-    assert res.returncode == 0, res.stderr
+    code, _, err = run_cli(capsys, "rules", "export", "-o", str(out))
+    assert code == 0, err
     assert out.read_text() == DEPLOY_RULES.read_text(), \
         "deploy/prometheus/rules/fleetwatch-alerts.yml is stale: fleetwatch rules export -o <that file>"
     check = subprocess.run([promtool, "check", "rules", str(out)], capture_output=True, text=True, timeout=60)

@@ -38,9 +38,7 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     url = f"http://127.0.0.1:{pport}"
     env.update({"FLEETWATCH_ENERGY__FACILITY_POWER_QUERY": "sum(pdu_input_power_watts)",
                 "FLEETWATCH_ENERGY__FACILITY_SOURCE": url, "FLEETWATCH_ENERGY__EVALUATE_INTERVAL": "1s"})
-    fw, port = start_fleetwatch(tmp, "--simulate", "2x4", "--seed", "7", "--names", "both", "--no-record",
-                                "--inject", "sudden-dbe@node-0/1+1s", env=env)
-    send_alert(rx_port)
+    port = free_port()
     binary = require_tool("prometheus")
     rules = tmp / "rules.yml"
     # A rule that always fires, so the ALERTS panels have a series to show.
@@ -52,18 +50,22 @@ def prom(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                    f"scrape_configs:\n  - job_name: fleetwatch\n    static_configs:\n"
                    f"      - targets: ['127.0.0.1:{port}']\n"
                    f"  - job_name: pdu\n    static_configs:\n      - targets: ['127.0.0.1:{pdu.server_port}']\n")
+    # Prometheus first: its first scrape comes ~5 s after it starts (its service discovery's first update),
+    # time that then overlaps fleetwatch's start-up.
     proc = subprocess.Popen([binary, f"--config.file={cfg}", f"--storage.tsdb.path={tmp / 'tsdb'}",
                              f"--web.listen-address=127.0.0.1:{pport}"],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    fw = None
     try:
+        fw, _ = start_fleetwatch(tmp, "--simulate", "2x4", "--seed", "7", "--names", "both", "--no-record",
+                                 "--inject", "sudden-dbe@node-0/1+1s", env=env, port=port)
+        send_alert(rx_port)
         wait_until(lambda: http_get(url + "/-/ready")[0] == 200, 60, "prometheus ready", proc)
         wait_until(lambda: query(url, "fleetwatch_gpu_xid_errors_total"), 30, "an XID series", proc)
         wait_until(lambda: query(url, "fleetwatch_facility_power_watts"), 60, "facility power", proc)
-        time.sleep(15)                       # enough samples for rate()/increase() over 1m
         yield url
     finally:
-        stop(proc)
-        stop(fw)
+        stop(*(p for p in (proc, fw) if p is not None))
         pdu.shutdown()
 
 
@@ -77,14 +79,11 @@ def substitute(expr: str) -> str:
 
 def test_every_panel_query_returns_data(prom: str) -> None:
     waiting: dict[str, str] = {}
-    empty: list[str] = []
-    checked = 0
+    checks: list[tuple[str, str, str]] = []          # (what is checked, variable|target, query)
     for model in build_all("native") + build_all("dcgm"):
         for v in model["templating"]["list"]:
             if v["type"] == "query":
-                q = substitute(v["query"]).removeprefix("label_values(").rstrip(")")
-                metric, _, label = q.rpartition(", ")
-                assert {r["metric"].get(label) for r in query(prom, metric)} - {None}, (model["uid"], v["name"])
+                checks.append((f"{model['uid']} variable {v['name']}", "variable", substitute(v["query"])))
         for p in model["panels"]:
             if p["type"] in ("row", "text"):
                 continue
@@ -93,10 +92,24 @@ def test_every_panel_query_returns_data(prom: str) -> None:
                 waiting[f"{model['uid']}/{p['title']}"] = m.group(1)
                 continue
             for t in p["targets"]:
-                checked += 1
-                if not query(prom, substitute(t["expr"])):
-                    empty.append(f"{model['uid']}/{p['title']}: {t['expr']}")
-    assert not empty, "panel queries without data:\n" + "\n".join(empty)
-    assert checked > 120
+                checks.append((f"{model['uid']}/{p['title']}: {t['expr']}", "target", substitute(t["expr"])))
+    assert sum(kind == "target" for _, kind, _ in checks) > 120
+
+    def has_data(kind: str, expr: str) -> bool:
+        if kind == "variable":
+            metric, _, label = expr.removeprefix("label_values(").rstrip(")").rpartition(", ")
+            return bool({r["metric"].get(label) for r in query(prom, metric)} - {None})
+        return bool(query(prom, expr))
+
+    # rate()/increase() over 1m need a few scrapes, and some series start with a predictor's first output:
+    # look again at the queries still without data, for up to a minute, rather than sleep a fixed time first.
+    empty = checks
+    deadline = time.monotonic() + 60
+    while True:
+        empty = [c for c in empty if not has_data(c[1], c[2])]
+        if not empty or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert not empty, "panel queries without data:\n" + "\n".join(what for what, _, _ in empty)
     # Only panels on metrics later issues add may be excused, and each such metric has its panel.
     assert set(waiting.values()) == set(WAITING_METRICS), waiting

@@ -26,15 +26,18 @@ S = 10**9
 def prometheus_with_fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A real Prometheus (Debian package) scraping a simulated 1x2 fleetwatch every 500 ms."""
     tmp_path = tmp_path_factory.mktemp("prometheus")
-    fw, fw_port = start_fleetwatch(tmp_path, "--simulate", "1x2", "--seed", "3", "--names", "both", "--no-record")
-    prom = None
+    fw_port = free_port()
+    # Prometheus first: its first scrape (~5 s after start) then overlaps fleetwatch's start-up.
+    prom, url = start_prometheus(tmp_path, {"fleetwatch": [fw_port]}, interval="500ms")
     try:
-        prom, url = start_prometheus(tmp_path, {"fleetwatch": [fw_port]}, interval="500ms")
-        yield url
+        fw, _ = start_fleetwatch(tmp_path, "--simulate", "1x2", "--seed", "3", "--names", "both", "--no-record",
+                                 port=fw_port)
+        try:
+            yield url
+        finally:
+            stop(fw)
     finally:
-        if prom is not None:
-            stop(prom)
-        stop(fw)
+        stop(prom)
 
 
 def _ns(ts: float) -> int:
@@ -54,7 +57,8 @@ async def test_import_from_real_prometheus(prometheus_with_fleet: str, tmp_path:
     url = prometheus_with_fleet
 
     def enough() -> bool:
-        r = query_range(url, "count_over_time(up[30s])", int(time.time()), int(time.time()), "1s")
+        # successful scrapes (up == 1): Prometheus was started before fleetwatch answered
+        r = query_range(url, "sum_over_time(up[30s])", int(time.time()), int(time.time()), "1s")
         return len(r) == 1 and float(r[0]["values"][-1][1]) >= 6
 
     # Prometheus' first scrape comes after its service discovery's first update, about 5 s after start

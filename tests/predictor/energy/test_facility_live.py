@@ -14,11 +14,12 @@ from predictor.energy.facility import FacilityMeter, FacilityQueryError
 from tests.test_e2e_prometheus import (
     free_port,
     http_get,
+    launch_fleetwatch,
     query,
     serve_exposition,
-    start_fleetwatch,
     start_prometheus,
     stop,
+    wait_ready,
     wait_until,
 )
 
@@ -41,18 +42,19 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, int, s
     pdu = serve_exposition(PDU)
     pport = free_port()
     url = f"http://127.0.0.1:{pport}"
-    fw, port = start_fleetwatch(tmp, "--simulate", "2x4", "--seed", "3", "--no-record", env=_env(url))
-    dead, dead_port = start_fleetwatch(tmp, "--simulate", "1x2", "--seed", "3", "--no-record",
-                                       env=_env(f"http://127.0.0.1:{free_port()}"))
+    # Both start together (their imports overlap); Prometheus only once they run, so that fleetwatch first counts
+    # failures to reach it, then "no data" until its first scrape of the PDU.
+    fw, port = launch_fleetwatch(tmp, "--simulate", "2x4", "--seed", "3", "--no-record", env=_env(url))
+    dead, dead_port = launch_fleetwatch(tmp, "--simulate", "1x2", "--seed", "3", "--no-record",
+                                        env=_env(f"http://127.0.0.1:{free_port()}"))
     proc = None
     try:
+        wait_ready(fw, port)
+        wait_ready(dead, dead_port)
         proc, _ = start_prometheus(tmp, {"fleetwatch": [port], "pdu": [pdu.server_port]}, port=pport)
         yield port, dead_port, url
     finally:
-        if proc is not None:
-            stop(proc)
-        stop(fw)
-        stop(dead)
+        stop(*(p for p in (proc, fw, dead) if p is not None))
         pdu.shutdown()
 
 

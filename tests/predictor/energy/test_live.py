@@ -15,28 +15,38 @@ from tests.test_e2e_prometheus import (
     central_config,
     free_port,
     http_get,
+    launch_fleetwatch,
     query,
-    start_fleetwatch,
     start_prometheus,
     stop,
+    wait_ready,
     wait_until,
 )
 
 
 @pytest.fixture(scope="module")
-def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str]]:
-    """fleetwatch at 600x with a power budget, and a Prometheus scraping it every second."""
+def live(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[int, str, int]]:
+    """fleetwatch at 600x with a power budget, a Prometheus scraping it every second, and a central fleetwatch
+    with no local sources (deploy/config/central.yml) that forecasts what that Prometheus holds."""
     tmp = tmp_path_factory.mktemp("energy-live")
-    fw, port = start_fleetwatch(tmp, "--simulate", "2x4", "--speed", "600", "--seed", "5", "--no-record",
-                                "--power-budget-watts", "4000")
-    proc = None
+    port, pport = free_port(), free_port()
+    url = f"http://127.0.0.1:{pport}"
+    # Prometheus first: its first scrape (~5 s after start) then overlaps the two fleetwatches' start-up, which
+    # overlap each other. The central one looks again every second until Prometheus has its first readings, then
+    # every 5 s (should its first look have caught a scrape from before the agent's first round was complete).
+    proc, _ = start_prometheus(tmp, {"fleetwatch": [port]}, port=pport)
+    procs = []
     try:
-        proc, url = start_prometheus(tmp, {"fleetwatch": [port]})
-        yield port, url
+        cfg = central_config(tmp / "central.yml", "failure: {enabled: false}\n"
+                             f"energy: {{source: '{url}', evaluate_interval: 5s}}\n")
+        procs.append(launch_fleetwatch(tmp, "--simulate", "2x4", "--speed", "600", "--seed", "5", "--no-record",
+                                       "--power-budget-watts", "4000", port=port))
+        procs.append(launch_fleetwatch(tmp, "--config", str(cfg)))
+        for p, p_port in procs:
+            wait_ready(p, p_port)
+        yield port, url, procs[1][1]
     finally:
-        if proc is not None:
-            stop(proc)
-        stop(fw)
+        stop(*(p for p, _ in procs), proc)
 
 
 def _families(port: int) -> dict[str, list]:  # type: ignore[type-arg]
@@ -45,8 +55,8 @@ def _families(port: int) -> dict[str, list]:  # type: ignore[type-arg]
     return {f.name: f.samples for f in text_string_to_metric_families(body)}
 
 
-def test_forecasts_are_served_soon_after_start(live: tuple[int, str]) -> None:
-    port, _ = live
+def test_forecasts_are_served_soon_after_start(live: tuple[int, str, int]) -> None:
+    port, _, _ = live
 
     def fleet_median() -> list:  # type: ignore[type-arg]
         fams = _families(port)
@@ -70,11 +80,12 @@ def test_forecasts_are_served_soon_after_start(live: tuple[int, str]) -> None:
     assert energy and energy[0].value > 0
 
 
-def test_forecast_from_prometheus(live: tuple[int, str], capsys: pytest.CaptureFixture[str]) -> None:
-    _, url = live
+def test_forecast_from_prometheus(live: tuple[int, str, int], capsys: pytest.CaptureFixture[str]) -> None:
+    _, url, _ = live
     wait_until(lambda: query(url, 'fleetwatch_power_forecast_watts{scope="fleet",quantile="0.5"}'), 30,
                "the forecast in Prometheus")
-    time.sleep(6)                                  # a few scrapes of GPU power
+    scrapes = 'count_over_time(fleetwatch_gpu_power_watts{node="node-0",gpu="0"}[1m])'
+    wait_until(lambda: sum(float(r["value"][1]) for r in query(url, scrapes)) >= 6, 60, "a few scrapes of GPU power")
     now = time.time()
     assert main(["forecast", "--prometheus", url, "--start", f"{now - 60:.0f}", "--end", f"{now:.0f}",
                  "--step", "2s", "--horizon", "10s", "--format", "json"]) == 0
@@ -84,20 +95,16 @@ def test_forecast_from_prometheus(live: tuple[int, str], capsys: pytest.CaptureF
     assert len({r["series"] for r in doc["forecasts"] if r["scope"] == "gpu"}) == 8
 
 
-def test_central_service_forecasts_the_fleet_from_prometheus(live: tuple[int, str], tmp_path: Path) -> None:
+def test_central_service_forecasts_the_fleet_from_prometheus(live: tuple[int, str, int]) -> None:
     """A central fleetwatch with no local sources (deploy/config/central.yml) forecasts what Prometheus holds."""
-    _, url = live
+    _, url, port = live
     wait_until(lambda: query(url, "fleetwatch_gpu_power_watts"), 30, "GPU power in Prometheus")
-    cfg = central_config(tmp_path / "central.yml", f"failure: {{enabled: false}}\nenergy: {{source: '{url}'}}\n")
-    central, port = start_fleetwatch(tmp_path, "--config", str(cfg))
-    try:
-        def gpus() -> set[tuple[str, str]]:
-            return {(s.labels["node"], s.labels["gpu"]) for s in _families(port).get(
-                "fleetwatch_power_forecast_watts", []) if s.labels["scope"] == "gpu"}
 
-        assert len(wait_until(lambda: gpus() if len(gpus()) == 8 else set(), 60, "the fleet's forecasts")) == 8
-    finally:
-        stop(central)
+    def gpus() -> set[tuple[str, str]]:
+        return {(s.labels["node"], s.labels["gpu"]) for s in _families(port).get(
+            "fleetwatch_power_forecast_watts", []) if s.labels["scope"] == "gpu"}
+
+    assert len(wait_until(lambda: gpus() if len(gpus()) == 8 else set(), 60, "the fleet's forecasts")) == 8
 
 
 def test_unreachable_prometheus_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
