@@ -189,9 +189,10 @@ class Engine:
         snaps: dict[tuple[Any, ...], _Snapshot] = {}
         entities = view_entities(view)
         for i, rule in enumerate(self.rules):
-            metric = getattr(rule, "metric", None)
-            if metric is not None and metric not in BY_NAME:
-                stats.skipped[rule.alert] = f"metric {metric} is not in this fleetwatch's catalogue"
+            unknown = [m for m in (getattr(rule, "metric", None), getattr(rule, "value_metric", None))
+                       if m is not None and m not in BY_NAME]
+            if unknown:
+                stats.skipped[rule.alert] = f"metric {unknown[0]} is not in this fleetwatch's catalogue"
                 continue
             try:
                 cand = self._candidates(rule, view, now_ns, snaps, entities)
@@ -339,6 +340,9 @@ class Engine:
         if isinstance(rule, ThresholdRule):
             snap = self._snapshot(view, rule.metric, now_ns, self.stale_s, snaps, entities)
             idx = np.flatnonzero(self._mask(snap, rule.matchers, snaps) & ~np.isnan(snap.values))
+            if rule.value_metric is not None:
+                limits = self._limits(view, rule.value_metric, snap, idx, now_ns, snaps, entities)
+                return _compare_series(rule, snap, idx, snap.values[idx], limits)
             if rule.by is not None:
                 groups, labels, values = _aggregate(snap, idx, snap.values[idx], rule.by, rule.agg)
                 return _compare(rule, groups, labels, values)
@@ -352,6 +356,20 @@ class Engine:
         if isinstance(rule, ForecastRule):
             return self._forecast(rule, view, now_ns, snaps, entities)
         raise TypeError(f"unknown rule type {type(rule).__name__}")
+
+    def _limits(self, view: SeriesView, metric: str, snap: _Snapshot, idx: np.ndarray, now_ns: int,
+                snaps: dict[tuple[Any, ...], Any], entities: dict[SeriesKey, Entity]) -> np.ndarray:
+        """The latest value of `metric` for each series `idx` of `snap`, matched by series key (PromQL's
+        one-to-one matching: the same labels); NaN where `metric` has no such series."""
+        other = self._snapshot(view, metric, now_ns, self.stale_s, snaps, entities)
+        ck = ("by-key", metric, id(other))
+        by_key = snaps.get(ck)
+        if by_key is None:
+            by_key = snaps[ck] = {(k.node, k.entity, k.extra): float(v)
+                                  for k, v in zip(other.keys, other.values, strict=True)}
+        keys = snap.keys
+        return np.fromiter((by_key.get((keys[i].node, keys[i].entity, keys[i].extra), math.nan) for i in idx),
+                           dtype=float, count=len(idx))
 
     def _rate(self, rule: RateRule, view: SeriesView, now_ns: int, snaps: dict[tuple[Any, ...], Any],
               entities: dict[SeriesKey, Entity]) -> _Candidates:
@@ -515,6 +533,8 @@ def _aggregate(snap: _Snapshot, idx: np.ndarray, values: np.ndarray, by: Sequenc
 
 def _compare(rule: ThresholdRule | RateRule, idents: Sequence[Hashable], labels: Sequence[dict[str, str]],
              values: np.ndarray) -> _Candidates:
+    if rule.value is None:
+        raise TypeError(f"{rule.alert}: a per-series threshold (value_metric) needs _compare_series")
     op = _OPS[rule.op]
     fire = np.asarray(op(values, rule.value), dtype=bool)
     keep = np.asarray(op(values, rule.clear), dtype=bool) if rule.clear is not None else None
@@ -551,3 +571,11 @@ class _LazyKeys(Sequence[SeriesKey]):
 def _compare_lazy(rule: ThresholdRule | RateRule, snap: _Snapshot, idx: np.ndarray,
                   values: np.ndarray) -> _Candidates:
     return _compare(rule, _LazyKeys(snap, idx), _LazyLabels(snap, idx), values)
+
+
+def _compare_series(rule: ThresholdRule, snap: _Snapshot, idx: np.ndarray, values: np.ndarray,
+                    limits: np.ndarray) -> _Candidates:
+    """Each series against its own threshold (value_metric); a series without one never holds (`!=` too)."""
+    with np.errstate(invalid="ignore"):
+        fire = np.asarray(_OPS[rule.op](values, limits), dtype=bool) & ~np.isnan(limits)
+    return _Candidates(_LazyKeys(snap, idx), _LazyLabels(snap, idx), values, fire)

@@ -4,6 +4,8 @@ Each kind becomes the PromQL that means the same:
 
 - threshold: ``M{matchers} OP V`` (``AGG by (...) (M) OP V`` with `by`); hysteresis keeps an active alert
   while ``M OP CLEAR`` through its own ALERTS series: ``(M OP V) or (M OP CLEAR and ignoring(...) ALERTS{...})``;
+  with `value_metric`: ``M{matchers} OP T{matchers}``, PromQL's one-to-one matching pairing the series of
+  the same labels (a comparison without `bool` keeps M's value, so ``$value`` is still M's);
 - rate: ``increase(M[window]) * per/window OP V``;
 - absent: ``max_over_time(M[lookback]) unless max_over_time(M[after])`` (per `by` group when given);
 - xid: one rule per code, ``increase(fleetwatch_gpu_xid_errors_total{xid="C"}[window]) > 0`` or a series that
@@ -56,6 +58,8 @@ def _selector(metric: str, matchers: Sequence[Matcher], extra: Sequence[str] = (
 
 
 def _hysteresis(rule: ThresholdRule | RateRule, value_expr: str) -> str:
+    if rule.value is None:
+        raise TypeError(f"{rule.alert}: a per-series threshold (value_metric) has no number to export")
     fire = f"{value_expr} {rule.op} {_num(rule.value)}"
     if rule.clear is None:
         return fire
@@ -81,6 +85,8 @@ def rule_to_prometheus(rule: Rule, power_budget_watts: float | None = None) -> l
     """The Prometheus alerting rules for one fleetwatch rule ([] when it cannot be expressed, see module doc)."""
     if isinstance(rule, ThresholdRule):
         sel = _selector(rule.metric, rule.matchers)
+        if rule.value_metric is not None:
+            return [_base(rule, f"{sel} {rule.op} {_selector(rule.value_metric, rule.matchers)}")]
         value = f"{rule.agg} by ({', '.join(rule.by)}) ({sel})" if rule.by is not None else sel
         return [_base(rule, _hysteresis(rule, value))]
     if isinstance(rule, RateRule):

@@ -4,7 +4,10 @@ A rule file is a mapping with one key, `rules`, a list of rules. Each rule has a
 and the fields of that kind:
 
 - ``threshold``: the latest value of `metric` compared with `value` (`op`); `clear` adds hysteresis (a
-  firing alert stays firing until the value passes `clear`); `by` + `agg` aggregate series first;
+  firing alert stays firing until the value passes `clear`); `by` + `agg` aggregate series first. Instead
+  of a number, `value_metric` names a catalogue metric with the same labels: each series is compared with
+  that metric's series of the same labels (a per-series threshold, such as the failure predictor's
+  fleetwatch_gpu_failure_risk_threshold, which carries its own hysteresis); a series without one does not fire;
 - ``rate``: the increase of a counter over `window`, scaled to `per` (e.g. correctable ECC errors per hour);
 - ``absent``: a series seen within `lookback` has not reported for `after` (`by: [node]`: a whole node);
 - ``xid``: an XID of one of `codes` (or of catalogue `severity`) within `window`; the catalogue's meaning
@@ -36,6 +39,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from collector.catalogue import BY_NAME
 from collector.xid import catalogue as xid_catalogue
@@ -243,12 +247,18 @@ def _check_metric(name: str, want_type: str | None = None, info: ValidationInfo 
     return name
 
 
+def _field_error(model: BaseModel, name: str, message: str) -> ValidationError:
+    """A validation error located at field `name` (a model validator's own errors carry no field)."""
+    return ValidationError.from_exception_data(type(model).__name__, [InitErrorDetails(
+        type=PydanticCustomError("value_error", message), loc=(name,), input=getattr(model, name, None))])
+
+
 class _Compared(_Rule):
     """A rule that compares a number with a threshold, with optional hysteresis."""
 
     metric: str
     op: Literal[">", ">=", "<", "<=", "==", "!="] = ">"
-    value: float
+    value: float | None = None       # required except where a subclass offers another threshold (value_metric)
     clear: float | None = None       # hysteresis: a firing alert clears only once the value passes this
 
     @field_validator("value", "clear")
@@ -260,6 +270,11 @@ class _Compared(_Rule):
 
     @model_validator(mode="after")
     def _hysteresis(self) -> _Compared:
+        if self.value is None:
+            if getattr(self, "value_metric", None) is None:
+                raise _field_error(self, "value", "give the threshold to compare with (a number), or value_metric: "
+                                   "a metric with the same labels holding one per series")
+            return self             # ThresholdRule checks value_metric with its own fields
         if self.clear is None:
             return self
         if self.op in ("==", "!="):
@@ -274,22 +289,43 @@ class _Compared(_Rule):
 
 
 class ThresholdRule(_Compared):
-    """The latest value of a metric (optionally aggregated `by` labels) compared with a threshold."""
+    """The latest value of a metric (optionally aggregated `by` labels) compared with a threshold: a number
+    (`value`) or, series by series, the latest value of another metric with the same labels (`value_metric`)."""
 
     kind: Literal["threshold"]
+    value_metric: str | None = None
     by: list[str] | None = None
     agg: Literal["sum", "max", "min", "avg", "count"] = "max"
 
-    @field_validator("metric")
+    @field_validator("metric", "value_metric")
     @classmethod
-    def _metric(cls, v: str, info: ValidationInfo) -> str:
-        return _check_metric(v, None, info)
+    def _metric(cls, v: str | None, info: ValidationInfo) -> str | None:
+        return None if v is None else _check_metric(v, None, info)
+
+    @model_validator(mode="after")
+    def _value_metric(self) -> ThresholdRule:
+        if self.value_metric is None:
+            return self
+        if self.value is not None:
+            raise _field_error(self, "value_metric", "give exactly one of value (a number) or value_metric "
+                               "(a metric), not both")
+        if self.clear is not None:
+            raise _field_error(self, "clear", "not allowed with value_metric: a per-series threshold brings its "
+                               "own hysteresis (as fleetwatch_gpu_failure_risk_threshold does)")
+        if self.by is not None:
+            raise _field_error(self, "by", "not allowed with value_metric, which compares series by series")
+        a, b = BY_NAME.get(self.metric), BY_NAME.get(self.value_metric)
+        if a is not None and b is not None and a.labelnames != b.labelnames:
+            raise _field_error(self, "value_metric", f"{self.value_metric} has labels ({', '.join(b.labelnames)}) "
+                               f"but {self.metric} has ({', '.join(a.labelnames)}): they must be the same")
+        return self
 
 
 class RateRule(_Compared):
     """The increase of a counter over `window`, expressed per `per` (default per hour)."""
 
     kind: Literal["rate"]
+    value: float
     window: Duration = 3600.0
     per: Duration = 3600.0
 

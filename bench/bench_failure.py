@@ -121,7 +121,8 @@ def main() -> None:
               f"{model.training['samples']} samples ({model.training['positives']} positive)", flush=True)
     model = load(model_path)
     v = model.training.get("validation", {})
-    print(f"threshold {model.threshold:.4f} chosen on {model.training.get('validation_method')}: precision "
+    print(f"threshold {model.threshold:.4f} (alerts clear below {model.clear_ratio:g} × it) chosen on "
+          f"{model.training.get('validation_method')}: precision "
           f"{_f(v.get('precision'), '.3f')}, recall {_f(v.get('recall'), '.3f')}, false alarms / 1,000 GPU-days "
           f"{_f(v.get('false_alarms_per_1000_gpu_days'), '.3f')}", flush=True)
     results: dict[str, dict[str, Any]] = {}

@@ -399,6 +399,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("fleetwatch_gpu_failure_risk_reason", "gauge", "",
                "A top contributing factor of the GPU's failure risk: the risk drop when it is set to the fleet "
                "median.", _G, "predictor/failure/live.py", labels=("reason",), record=False),
+    MetricSpec("fleetwatch_gpu_failure_risk_threshold", "gauge", "",
+               "The failure risk at or above which the GPU is alerting now: the model's threshold while it is "
+               "not, threshold x clear ratio while it is (hysteresis). Alert on risk >= this.", _G,
+               "predictor/failure/live.py", record=False),
     MetricSpec("fleetwatch_failure_model_info", "gauge", "",
                "The failure-risk model in use (always 1): version, kind (supervised|anomaly), threshold.",
                "process", "predictor/failure/live.py", labels=("version", "kind", "threshold"), record=False),

@@ -233,6 +233,8 @@ class FailureConfig(BaseModel):
     step: Duration = 60.0                   # feature grid step without a model (a model brings its own)
     horizon: Duration = 86400.0             # documented horizon of the risk (a model brings its own)
     threshold: float | None = Field(default=None, ge=0.0, le=1.0)   # alert threshold; None: the model's
+    # an alerting GPU clears below threshold x clear_ratio (hysteresis); None: the model's, or 0.75
+    clear_ratio: float | None = Field(default=None, gt=0.0, le=1.0)
     source: Source = "local"                # "local" (this node's readings) or a Prometheus API URL
 
     @field_validator("interval", "step", "horizon")

@@ -51,6 +51,8 @@ def add_parsers(sub: Any, parsers: dict[str, argparse.ArgumentParser]) -> dict[s
     ev.add_argument("model_traces", nargs="+", metavar="TRACE")
     ev.add_argument("--model", required=True, metavar="MODEL")
     ev.add_argument("--threshold", type=float, help="operating threshold (default: the model's)")
+    ev.add_argument("--clear-ratio", type=float, metavar="R",
+                    help="an alert clears below R × the threshold (default: the model's)")
     ev.add_argument("--format", choices=("table", "json"), default="table")
     rl = sub.add_parser("reliability", help="Kaplan-Meier, MTBF, Weibull and Cox hazard ratios of an inventory")
     rl.add_argument("inventory", metavar="INVENTORY.csv")
@@ -92,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     path = save(model, args.output)
     t = model.training
     print(f"wrote {path}: model {model.version} ({model.kind}), {t['gpus']} GPUs, {t['failures']} observed "
-          f"failures, threshold {model.threshold:.4f}")
+          f"failures, threshold {model.threshold:.4f} (alerts clear below {model.clear_threshold:.4f})")
     return 0
 
 
@@ -130,7 +132,8 @@ _ROWS = (("precision", "precision", ".3f"), ("recall", "recall (all failures)", 
          ("recall_with_precursors", "recall (failures with precursors)", ".3f"), ("pr_auc", "PR-AUC", ".3f"),
          ("median_lead_time_h", "median lead time (h)", ".1f"), ("p10_lead_time_h", "p10 lead time (h)", ".1f"),
          ("false_alarms_per_1000_gpu_days", "false alarms / 1,000 GPU-days", ".3f"),
-         ("threshold", "threshold", ".4f"), ("alerts", "alert episodes", "d"), ("failures", "failures", "d"),
+         ("threshold", "threshold", ".4f"), ("clear_ratio", "clears below × threshold", ".2f"),
+         ("alerts", "alert episodes", "d"), ("failures", "failures", "d"),
          ("gpus", "GPUs", "d"), ("gpu_days", "GPU-days", ".0f"))
 
 
@@ -155,7 +158,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if model is None:
         return 2
     try:
-        result = evaluate(model, args.model_traces, threshold=args.threshold)
+        if args.clear_ratio is not None and not 0.0 < args.clear_ratio <= 1.0:
+            return _fail("evaluate", f"--clear-ratio must be in (0, 1], got {args.clear_ratio:g}", 2)
+        result = evaluate(model, args.model_traces, threshold=args.threshold, clear_ratio=args.clear_ratio)
     except (TraceError, ValueError, FileNotFoundError) as err:
         return _fail("evaluate", str(err))
     if args.format == "json":

@@ -6,7 +6,9 @@ stays at or above DEFAULT_CLEAR_RATIO × the threshold (hysteresis, as alert rul
 samples with gaps up to `merge_s` form one episode, so a GPU flagged for a day is one alert, not 48.
 An episode is true when the GPU fails while it stands or within the horizon H after its last sample
 above the threshold; otherwise it is a false alarm. Samples in a trace's last horizon on GPUs that have
-not failed by its end are censored (their outcome is unknown): they neither raise nor clear alerts.
+not failed by its end are censored (their outcome is unknown): they neither raise nor clear alerts, and an
+episode still standing when its GPU's observation is censored has an unknown outcome too: it is left out
+of precision and false alarms (it would be true if the GPU failed within H of the alert's real end).
 A failure is caught when a true episode started before it; its lead time is failure minus the start of
 the first such episode. The rule baseline alerts on each double-bit ECC error or critical XID (and GPU
 lost) as it happens: lead time zero by construction.
@@ -31,6 +33,8 @@ DEFAULT_MERGE_S = 6 * 3600.0
 # An alert clears below this share of the threshold, as the default FleetwatchGpuHighFailureRisk rule does
 # (fires above 0.8, clears below 0.6): a risk wobbling around the threshold is one alert, not several.
 DEFAULT_CLEAR_RATIO = 0.75
+# The hysteresis ratios training may choose between with the threshold (on validation data).
+CLEAR_RATIOS: tuple[float, ...] = (0.75, 0.5, 0.33)
 KEYS = ("precision", "recall", "recall_with_precursors", "pr_auc", "median_lead_time_h", "p10_lead_time_h",
         "false_alarms_per_1000_gpu_days", "threshold", "gpus", "gpu_days", "failures")
 
@@ -81,14 +85,21 @@ class TruthFailure:
 
 
 def episodes(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, threshold: float,
-             merge_s: float = DEFAULT_MERGE_S, clear_ratio: float = DEFAULT_CLEAR_RATIO) -> list[Episode]:
+             merge_s: float = DEFAULT_MERGE_S, clear_ratio: float = DEFAULT_CLEAR_RATIO,
+             censored: np.ndarray | None = None) -> list[Episode]:
     """Alert episodes: an alert fires when the risk reaches the threshold and holds while it stays at or above
-    clear_ratio × threshold (hysteresis, as alert rules clear); runs closer than merge_s are joined."""
+    clear_ratio × threshold (hysteresis, as alert rules clear); runs closer than merge_s are joined.
+
+    `censored` (one flag per GPU) marks GPUs whose observation ends before the grid does without a failure
+    (right-censored): an episode still standing at such a GPU's last valid sample is left out (unknown outcome).
+    """
     clear = threshold * min(1.0, clear_ratio)
     hold = (risk >= clear) & valid
     fire = (risk >= threshold) & valid
     out: list[Episode] = []
     merge_ns = int(merge_s * 1e9)
+    n_t = valid.shape[1]
+    last_valid = np.where(valid.any(axis=1), n_t - 1 - np.argmax(valid[:, ::-1], axis=1), -1)
     for g in np.nonzero(fire.any(axis=1))[0]:
         h = hold[g]
         # runs of consecutive holding samples; a run is alerting from its first firing sample on
@@ -101,7 +112,16 @@ def episodes(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, threshold: 
         breaks = np.nonzero(np.diff(t) > merge_ns)[0]
         starts = np.concatenate([[0], breaks + 1])
         ends = np.concatenate([breaks, [len(t) - 1]])
-        out.extend(Episode(int(g), int(t[a]), int(t[b])) for a, b in zip(starts, ends, strict=True))
+        cut = censored is not None and bool(censored[g]) and last_valid[g] < n_t - 1
+        out.extend(Episode(int(g), int(t[a]), int(t[b])) for a, b in zip(starts, ends, strict=True)
+                   if not (cut and idx[b] == last_valid[g]))
+    return out
+
+
+def censored_gpus(n_gpus: int, failures: Sequence[TruthFailure]) -> np.ndarray:
+    """One flag per GPU row: True where no failure is known (its last horizon is censored)."""
+    out = np.ones(n_gpus, dtype=bool)
+    out[[f.gpu for f in failures if f.gpu < n_gpus]] = False
     return out
 
 

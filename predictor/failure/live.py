@@ -6,6 +6,10 @@ recorded traces for the 24 h windows) or, for a fleet, a Prometheus-compatible q
 the risk is its calibrated probability; without one it is the unsupervised anomaly score of an
 IsolationForest refitted every hour on the fleet's own recent features, so an unlabelled fleet still
 gets a ranking of its oddest GPUs.
+
+Each GPU also gets the risk level that alerts on it now (fleetwatch_gpu_failure_risk_threshold): the
+model's operating point with its hysteresis, kept per GPU across rounds, so that the alert rule is simply
+"risk >= threshold" and fires and clears exactly as the benchmark's episodes (predictor/failure/evaluate.py).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import numpy as np
 
 from collector.batch import Batch, Entity, Event
 from collector.series_view import PrometheusView, SeriesFrame, SeriesKey, SeriesView
+from predictor.failure.evaluate import DEFAULT_CLEAR_RATIO
 from predictor.failure.explain import explain
 from predictor.failure.features import FeatureFrame, compute_features
 from predictor.failure.model import FailureRiskModel
@@ -30,10 +35,14 @@ log = logging.getLogger("fleetwatch.failure")
 NAME = "failure"
 RISK = "fleetwatch_gpu_failure_risk"
 REASON = "fleetwatch_gpu_failure_risk_reason"
+THRESHOLD = "fleetwatch_gpu_failure_risk_threshold"
 INFO = "fleetwatch_failure_model_info"
 DURATION = "fleetwatch_failure_scoring_duration_seconds"
 REFIT_S = 3600.0            # the unsupervised reference is refitted this often (data time)
 REFERENCE_S = 6 * 3600.0    # ... on this much recent history
+# Without a trained model the risk is a rarity score (0.8: one sample in ~60,000 of the fleet's own): alert only on
+# GPUs that odd, as the fixed default rule did before models carried their own operating point.
+ANOMALY_THRESHOLD = 0.8
 PROCESS = Entity(kind="process", node="", id="fleetwatch", labels=())
 
 
@@ -107,13 +116,22 @@ class FailureScorer:
     name = NAME
 
     def __init__(self, svc: Any, model: ModelFile | None, *, interval_s: float = 60.0, step_s: float = 60.0,
-                 source: str = "local", threshold: float | None = None, top: int = 3) -> None:
+                 source: str = "local", threshold: float | None = None, clear_ratio: float | None = None,
+                 top: int = 3) -> None:
         self.svc = svc
         self.model = model
         self.interval_s = interval_s
         self.step_s = model.step_s if model is not None else step_s
         self.source = source
-        self.threshold = threshold if threshold is not None else (model.threshold if model else 0.5)
+        self.threshold = threshold if threshold is not None else (model.threshold if model else ANOMALY_THRESHOLD)
+        ratio = clear_ratio if clear_ratio is not None else (model.clear_ratio if model else DEFAULT_CLEAR_RATIO)
+        self.clear_threshold = self.threshold * min(1.0, ratio)
+        # GPUs alerting now (risk reached the threshold, not yet below the clear level), kept in memory. After a
+        # restart the first round takes it back from the view where that is possible (see _restore); where it
+        # is not (a node's own window starts empty), a GPU between the two levels is not alerting until its
+        # risk reaches the threshold again: one missed hold.
+        self.alerting: set[SeriesKey] = set()
+        self._restored = False
         self.top = top
         self._anomaly: FailureRiskModel | None = None
         self._anomaly_median: np.ndarray | None = None
@@ -132,7 +150,8 @@ class FailureScorer:
         what = (f"model {self.model.version} ({self.model.kind})" if self.model
                 else "unsupervised anomaly score (no failure.model configured)")
         src = "this node's readings" if self.source in ("", "local") else self.source
-        return [f"failure risk: {what}, from {src}, every {self.interval_s:g} s → {RISK}"]
+        return [f"failure risk: {what}, from {src}, every {self.interval_s:g} s → {RISK}; alerting at "
+                f"{self.threshold:g}, clearing below {self.clear_threshold:g} → {THRESHOLD}"]
 
     def _reference(self, view: SeriesView, now: int) -> None:
         """Refit the unsupervised model on the fleet's recent features (all GPUs, every few samples)."""
@@ -158,6 +177,8 @@ class FailureScorer:
         if not frame.keys or frame.X.shape[1] == 0:
             return None
         X = frame.X[:, -1, :]
+        if not self._restored:
+            self._restore(view, now)
         if self.model is not None:
             est, median, scale = self.model.estimator, self.model.fleet_median, self.model.fleet_scale
         else:
@@ -175,6 +196,7 @@ class FailureScorer:
             if ent is None or ent.kind != "gpu":
                 continue
             batch.add(RISK, ent, float(risk[i]))
+            batch.add(THRESHOLD, ent, self._alert_level(k, float(risk[i])))
             for r in reasons[i]:                # features above the fleet median, by how much they raise risk
                 batch.add(REASON, ent, r.contribution, (r.label,))
         version = self.model.version if self.model else "anomaly-live"
@@ -183,6 +205,27 @@ class FailureScorer:
         batch.add(DURATION, PROCESS, time.perf_counter() - t0)
         self.last = sorted(zip(frame.keys, risk.tolist(), strict=True), key=lambda x: -x[1])
         return batch
+
+    def _restore(self, view: SeriesView, now: int) -> None:
+        """Take back the alert states of a previous run from the levels it last exported (a fleet's
+        Prometheus still has them): a GPU whose level was this model's clear level was alerting."""
+        self._restored = True
+        try:
+            prev = view.latest(THRESHOLD, now, stale_s=max(300.0, 3 * self.interval_s))
+        except Exception as err:        # an unreachable Prometheus: start with no GPU alerting
+            log.debug("failure: could not read the previous alert levels: %s", err)
+            return
+        if self.clear_threshold < self.threshold:       # else the two levels cannot be told apart
+            self.alerting.update(k for k, v in prev.items() if abs(v - self.clear_threshold) < 1e-9)
+
+    def _alert_level(self, key: SeriesKey, risk: float) -> float:
+        """Advance the GPU's alert state with this round's risk; the level in effect for it now."""
+        if key in self.alerting:
+            if not risk >= self.clear_threshold:        # NaN clears too: no risk, no alert
+                self.alerting.discard(key)
+        elif risk >= self.threshold:
+            self.alerting.add(key)
+        return self.clear_threshold if key in self.alerting else self.threshold
 
     async def run(self, stop: asyncio.Event) -> None:
         """Score every interval (data time) until stop."""
@@ -217,4 +260,4 @@ def build(cfg: Any, svc: Any) -> FailureScorer | None:
         except ModelFileError as err:
             raise ConfigError(f"failure.model: {err}") from None
     return FailureScorer(svc, model, interval_s=fc.interval, step_s=fc.step, source=fc.source,
-                         threshold=fc.threshold)
+                         threshold=fc.threshold, clear_ratio=fc.clear_ratio)

@@ -21,6 +21,7 @@ import numpy as np
 import sklearn
 
 from collector.fsync import atomic_file
+from predictor.failure.evaluate import DEFAULT_CLEAR_RATIO
 from predictor.failure.features import FEATURE_NAMES, FEATURE_SET
 from predictor.failure.model import FailureRiskModel
 
@@ -48,12 +49,20 @@ class ModelFile:
     sklearn_version: str = sklearn.__version__
     created: str = field(default_factory=lambda: dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
     version: str = ""
+    # The alert policy chosen with the threshold: an alert fires at `threshold` and holds while the risk
+    # stays at or above clear_ratio × threshold (hysteresis); evaluation and the live rule use both.
+    clear_ratio: float = DEFAULT_CLEAR_RATIO
 
     def __post_init__(self) -> None:
         if not self.version:
             h = hashlib.sha256(json.dumps([self.feature_set, list(self.features), self.training, self.created],
                                           sort_keys=True, default=str).encode()).hexdigest()[:10]
             self.version = f"{FORMAT}-{self.created[:10]}-{h}"
+
+    @property
+    def clear_threshold(self) -> float:
+        """The risk below which a firing alert clears."""
+        return self.threshold * min(1.0, self.clear_ratio)
 
     @property
     def kind(self) -> str:
@@ -68,6 +77,7 @@ def save(model: ModelFile, path: str | os.PathLike[str]) -> Path:
     payload = {"magic": MAGIC, "format": FORMAT, "version": model.version, "created": model.created,
                "sklearn_version": model.sklearn_version, "feature_set": model.feature_set,
                "features": list(model.features), "threshold": float(model.threshold),
+               "clear_ratio": float(model.clear_ratio),
                "horizon_s": float(model.horizon_s), "step_s": float(model.step_s),
                "fleet_median": np.asarray(model.fleet_median, dtype=np.float64),
                "fleet_scale": np.asarray(model.fleet_scale, dtype=np.float64),
@@ -115,4 +125,5 @@ def load(path: str | os.PathLike[str]) -> ModelFile:
                      step_s=float(payload["step_s"]), features=feats, feature_set=payload["feature_set"],
                      fleet_median=np.asarray(payload["fleet_median"]), fleet_scale=np.asarray(payload["fleet_scale"]),
                      training=dict(payload.get("training") or {}), sklearn_version=payload["sklearn_version"],
-                     created=payload["created"], version=payload["version"])
+                     created=payload["created"], version=payload["version"],
+                     clear_ratio=float(payload.get("clear_ratio", DEFAULT_CLEAR_RATIO)))

@@ -18,10 +18,13 @@ import numpy as np
 
 from collector.series_view import SeriesView, TraceView
 from predictor.failure.evaluate import (
+    CLEAR_RATIOS,
+    DEFAULT_CLEAR_RATIO,
     Episode,
     Scores,
     TruthFailure,
     baseline_scores,
+    censored_gpus,
     episodes,
     first_failure,
     pr_auc,
@@ -98,41 +101,70 @@ def observed_failures(td: TraceData, gpus: np.ndarray | None = None) -> list[Tru
     return [TruthFailure(g, t, True, "observed") for g, t in td.failures.items() if gpus is None or gpus[g]]
 
 
+@dataclass(frozen=True, slots=True)
+class OperatingPoint:
+    """The alert policy chosen in training: fire at `threshold`, clear below clear_ratio × threshold."""
+
+    threshold: float
+    clear_ratio: float
+    scores: Scores
+
+
 def choose_threshold(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, failures: Sequence[TruthFailure],
                      gpu_days: float, horizon_s: float, *, fa_budget: float = FA_BUDGET,
-                     min_precision: float = MIN_PRECISION) -> tuple[float, Scores]:
-    """The lowest threshold whose false alarms and precision meet the targets; else the lowest that meets the
-    precision; else the one with the best F0.5 (precision weighted twice recall: false drains cost more)."""
+                     min_precision: float = MIN_PRECISION,
+                     clear_ratios: Sequence[float] = (DEFAULT_CLEAR_RATIO,)) -> OperatingPoint:
+    """The operating point: for each hysteresis ratio, the lowest threshold whose false alarms and precision
+    meet the targets, else the lowest that meets the precision, else the best F0.5 (precision weighted twice
+    recall: false drains cost more); across ratios the best tier, then the highest recall."""
+    n = risk.shape[0]
+    censored = censored_gpus(n, failures)
+
+    def run(thr: float, ratio: float) -> Scores:
+        return score(episodes(risk, valid, ts_ns, thr, clear_ratio=ratio, censored=censored), failures,
+                     gpus=n, gpu_days=gpu_days, horizon_s=horizon_s, threshold=thr)
+
     if not failures:            # nothing to tune against: a conservative default
-        return 0.5, score(episodes(risk, valid, ts_ns, 0.5), failures, gpus=risk.shape[0], gpu_days=gpu_days,
-                          horizon_s=horizon_s, threshold=0.5)
+        return OperatingPoint(0.5, DEFAULT_CLEAR_RATIO, run(0.5, DEFAULT_CLEAR_RATIO))
     vals = risk[valid]
     # Candidates: quantiles of the samples' risk and of each GPU's peak (where the set of alerted GPUs changes).
     peaks = np.where(valid, risk, 0.0).max(axis=1)
     qs = np.linspace(0.5, 1.0, 120)
     parts = [np.quantile(v[v > 0.01], qs, method="lower") for v in (vals, peaks) if (v > 0.01).any()]
     cand = np.unique(np.concatenate(parts)) if parts else np.zeros(0)
-    both: tuple[float, Scores] | None = None
-    precise: tuple[float, Scores] | None = None
-    fallback: tuple[tuple[float, float], float, Scores] | None = None
-    for thr in cand:
-        s = score(episodes(risk, valid, ts_ns, float(thr)), failures, gpus=risk.shape[0], gpu_days=gpu_days,
-                  horizon_s=horizon_s, threshold=float(thr))
-        if (s.precision or 0.0) >= min_precision:
-            if precise is None:
-                precise = (float(thr), s)
-            if both is None and s.false_alarms_per_1000_gpu_days <= fa_budget:
-                both = (float(thr), s)
-        p, r = s.precision or 0.0, s.recall or 0.0
-        key = (1.25 * p * r / (0.25 * p + r) if p + r > 0 else 0.0, -float(thr))
-        if fallback is None or key > fallback[0]:
-            fallback = (key, float(thr), s)
-    for chosen in (both, precise):
-        if chosen is not None:
-            return chosen
-    if fallback is not None:
-        return fallback[1], fallback[2]
-    return 0.5, score([], failures, gpus=risk.shape[0], gpu_days=gpu_days, horizon_s=horizon_s, threshold=0.5)
+    best: tuple[tuple[float, ...], OperatingPoint] | None = None
+    for ratio in clear_ratios:
+        both: OperatingPoint | None = None
+        precise: OperatingPoint | None = None
+        fallback: tuple[float, OperatingPoint] | None = None
+        for thr in cand:
+            s = run(float(thr), ratio)
+            op = OperatingPoint(float(thr), ratio, s)
+            if (s.precision or 0.0) >= min_precision:
+                if precise is None:
+                    precise = op
+                if both is None and s.false_alarms_per_1000_gpu_days <= fa_budget:
+                    both = op
+            p, r = s.precision or 0.0, s.recall or 0.0
+            f05 = 1.25 * p * r / (0.25 * p + r) if p + r > 0 else 0.0
+            if fallback is None or (f05, -float(thr)) > (fallback[0], -fallback[1].threshold):
+                fallback = (f05, op)
+        # rank: tier (both targets, precision only, F0.5), then recall (or F0.5), then the higher ratio
+        if both is not None:
+            key: tuple[float, ...] = (2.0, both.scores.recall or 0.0, ratio)
+            pick = both
+        elif precise is not None:
+            key, pick = (1.0, precise.scores.recall or 0.0, ratio), precise
+        elif fallback is not None:
+            key, pick = (0.0, fallback[0], ratio), fallback[1]
+        else:
+            continue
+        if best is None or key > best[0]:
+            best = (key, pick)
+    if best is not None:
+        return best[1]
+    return OperatingPoint(0.5, DEFAULT_CLEAR_RATIO, score([], failures, gpus=n, gpu_days=gpu_days,
+                                                          horizon_s=horizon_s, threshold=0.5))
 
 
 def _gpu_days(valid: np.ndarray, ts_ns: np.ndarray) -> float:
@@ -161,7 +193,8 @@ def _node_groups(data: Sequence[TraceData]) -> np.ndarray:
 def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = (),
           horizon_s: float = DEFAULT_HORIZON_S, step_s: float = DEFAULT_STEP_S, every: int = DEFAULT_EVERY,
           seed: int = 0, fa_budget: float = FA_BUDGET, min_precision: float = MIN_PRECISION,
-          folds: int = DEFAULT_FOLDS, progress: Callable[[str], None] | None = None) -> ModelFile:
+          folds: int = DEFAULT_FOLDS, clear_ratios: Sequence[float] = CLEAR_RATIOS,
+          progress: Callable[[str], None] | None = None) -> ModelFile:
     """Train a model file on traces (their observable events and metrics only).
 
     Folds are by node (a node's GPUs share jobs, power and faults). The operating threshold is chosen on
@@ -195,8 +228,10 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
         gpu_base += g
     model.drop_folds()
     method = "validation traces" if held else "out-of-fold risk (folds by node)"
-    thr, val_scores = _pooled_threshold(risks, valids, ts_all, fails, days, horizon_s, fa_budget, min_precision)
-    say(f"threshold {thr:.4f} on {method}: precision {val_scores.precision}, recall {val_scores.recall}, "
+    op = _pooled_threshold(risks, valids, ts_all, fails, days, horizon_s, fa_budget, min_precision, clear_ratios)
+    val_scores = op.scores
+    say(f"threshold {op.threshold:.4f}, clearing below {op.clear_ratio:g} × it, on {method}: precision "
+        f"{val_scores.precision}, recall {val_scores.recall}, "
         f"{val_scores.false_alarms_per_1000_gpu_days:.3f} false alarms / 1000 GPU-days")
     neg = s.X[s.y == 0]
     median = np.nanmedian(neg, axis=0) if len(neg) else np.zeros(len(FEATURE_NAMES))
@@ -209,14 +244,16 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
         "positives": int(s.y.sum()), "validation": val_scores.as_dict(), "validation_method": method,
         "validation_traces": [str(t) for t in validation],
         "folds": folds, "seed": seed, "fa_budget": fa_budget, "min_precision": min_precision,
+        "clear_ratios": list(clear_ratios),
     }
-    return ModelFile(estimator=model, threshold=thr, horizon_s=horizon_s, step_s=step_s,
+    return ModelFile(estimator=model, threshold=op.threshold, clear_ratio=op.clear_ratio, horizon_s=horizon_s,
+                     step_s=step_s,
                      fleet_median=median.astype(np.float64), fleet_scale=scale.astype(np.float64), training=training)
 
 
 def _pooled_threshold(risks: list[np.ndarray], valids: list[np.ndarray], ts_all: list[np.ndarray],
                       fails: list[TruthFailure], days: float, horizon_s: float, fa_budget: float,
-                      min_precision: float) -> tuple[float, Scores]:
+                      min_precision: float, clear_ratios: Sequence[float]) -> OperatingPoint:
     # traces may have different grids: pad to the longest so that episodes() sees one array
     t_max = max(len(t) for t in ts_all)
     risk = np.vstack([np.pad(r, ((0, 0), (0, t_max - r.shape[1]))) for r in risks])
@@ -235,7 +272,7 @@ def _pooled_threshold(risks: list[np.ndarray], valids: list[np.ndarray], ts_all:
     else:
         ts = ts_all[0]
     return choose_threshold(risk, valid, ts, fails, days, horizon_s, fa_budget=fa_budget,
-                            min_precision=min_precision)
+                            min_precision=min_precision, clear_ratios=clear_ratios)
 
 
 @dataclass(slots=True)
@@ -287,10 +324,13 @@ def score_traces(model: ModelFile, traces: Sequence[str | Path], *, history_s: f
 
 
 def evaluate(model: ModelFile, traces: Sequence[str | Path], *, horizon_s: float | None = None,
-             every: int = DEFAULT_EVERY, threshold: float | None = None) -> dict[str, object]:
-    """Model and rule-baseline figures against the traces' ground truth (pooled over traces)."""
+             every: int = DEFAULT_EVERY, threshold: float | None = None,
+             clear_ratio: float | None = None) -> dict[str, object]:
+    """Model and rule-baseline figures against the traces' ground truth (pooled over traces), with the model's
+    alert policy (threshold, clear ratio) unless overridden."""
     h = model.horizon_s if horizon_s is None else horizon_s
     thr = model.threshold if threshold is None else threshold
+    ratio = model.clear_ratio if clear_ratio is None else clear_ratio
     m_eps: list[Episode] = []
     b_eps_scores: list[Scores] = []
     fails_all: list[TruthFailure] = []
@@ -307,12 +347,14 @@ def evaluate(model: ModelFile, traces: Sequence[str | Path], *, horizon_s: float
         obs = np.array([td.failures.get(i, np.iinfo(np.int64).max) for i in range(len(keys))], dtype=np.int64)
         # Right-censored: a sample in the trace's last horizon on a GPU that has not failed by the end has an
         # outcome the trace cannot show, so it neither raises nor clears an alert (as in training).
-        y, valid = sample_truth(td.frame.ts_ns, np.minimum(first, obs), h, td.end_ns)
+        fail_at = np.minimum(first, obs)
+        y, valid = sample_truth(td.frame.ts_ns, fail_at, h, td.end_ns)
         valid &= (td.frame.ts_ns >= start)[None, :]
         g, n_t, f = td.frame.X.shape
         risk = model.estimator.risk(td.frame.X.reshape(-1, f)).reshape(g, n_t)
         d = _gpu_days(valid, td.frame.ts_ns)
-        eps = episodes(risk, valid, td.frame.ts_ns, thr)
+        eps = episodes(risk, valid, td.frame.ts_ns, thr, clear_ratio=ratio,
+                       censored=fail_at == np.iinfo(np.int64).max)
         m_eps.extend(Episode(e.gpu + gpus, e.start_ns, e.end_ns) for e in eps)
         fails_all.extend(TruthFailure(x.gpu + gpus, x.ts_ns, x.had_precursors, x.kind) for x in fails)
         b_eps_scores.append(baseline_scores(td.view, keys, fails, start, td.end_ns, model.step_s, d, h))
@@ -327,6 +369,7 @@ def evaluate(model: ModelFile, traces: Sequence[str | Path], *, horizon_s: float
     s = score(m_eps, fails_all, gpus=gpus, gpu_days=days, horizon_s=h, threshold=thr, pr_auc=auc)
     out: dict[str, object] = {k: v for k, v in s.as_dict().items()}
     out["baseline"] = _pool_baseline(b_eps_scores, gpus, days)
+    out["clear_ratio"] = ratio
     out["model_version"] = model.version
     out["horizon_h"] = h / 3600.0
     return out

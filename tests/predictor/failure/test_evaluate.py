@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from predictor.failure.evaluate import TruthFailure, episodes, score
+from predictor.failure.evaluate import TruthFailure, censored_gpus, episodes, score
 
 H = 3600 * 10**9
 
@@ -51,3 +51,18 @@ def test_hysteresis_keeps_a_wobbling_risk_one_alert() -> None:
     assert [(e.start_ns // H, e.end_ns // H) for e in with_h] == [(5, 11)]      # 13-29 never fired again
     without = episodes(risk, valid, ts, 0.8, merge_s=3600.0, clear_ratio=1.0)
     assert [(e.start_ns // H, e.end_ns // H) for e in without] == [(5, 5)]
+
+
+def test_an_alert_standing_when_observation_is_censored_is_left_out() -> None:
+    ts = np.arange(100) * H
+    risk = np.zeros((2, 100))
+    risk[0, 60:76] = 0.9                      # GPU 0: alerting when its last horizon is censored (76 h on)
+    risk[1, 20:22] = 0.9                      # GPU 1: an alert that ended well before: a false alarm
+    valid = np.ones_like(risk, dtype=bool)
+    valid[:, 76:] = False                     # neither failed: their last 24 h have an unknown outcome
+    censored = censored_gpus(2, [])
+    kept = episodes(risk, valid, ts, 0.5, censored=censored)
+    assert [e.gpu for e in kept] == [1]
+    assert [e.gpu for e in episodes(risk, valid, ts, 0.5)] == [0, 1]
+    # a GPU that failed is not censored: its alert counts whatever the outcome
+    assert len(episodes(risk, valid, ts, 0.5, censored=censored_gpus(2, [TruthFailure(0, 99 * H, True, "x")]))) == 2

@@ -12,11 +12,14 @@ from predictor.failure.live import build
 from predictor.failure.modelfile import load
 from tests.test_e2e_prometheus import (
     central_config,
+    free_port,
     http_get,
+    launch_fleetwatch,
     query,
     start_fleetwatch,
     start_prometheus,
     stop,
+    wait_ready,
     wait_until,
 )
 
@@ -67,6 +70,16 @@ def test_run_with_a_model_exports_its_version(tmp_path: Path, model_path: Path) 
         risk, info, _ = _risks(port)
         assert info["version"] == load(model_path).version and info["kind"] == "supervised"
         assert all(0.0 <= v <= 1.0 for v in risk.values())
+        # each GPU's alert level is the model's operating point: its threshold, or the clear level while alerting
+        model = load(model_path)
+        _, text = http_get(f"http://127.0.0.1:{port}/metrics")
+        series = {(s.name.removeprefix("fleetwatch_gpu_failure_"), s.labels["gpu"]): s.value
+                  for fam in text_string_to_metric_families(text) for s in fam.samples if "gpu" in s.labels}
+        for gpu in "0123":
+            r, level = series[("risk", gpu)], series[("risk_threshold", gpu)]
+            assert level in (pytest.approx(model.threshold), pytest.approx(model.clear_threshold))
+            if r >= model.threshold or r < model.clear_threshold:       # outside the band the state is certain
+                assert level == pytest.approx(model.clear_threshold if r >= model.threshold else model.threshold)
     finally:
         stop(proc)
 
@@ -85,15 +98,23 @@ def test_bad_model_file_is_a_config_error(tmp_path: Path) -> None:
 def test_central_service_scores_the_fleet_from_prometheus(tmp_path: Path) -> None:
     """A central fleetwatch with no local sources (deploy/config/central.yml) scores the GPUs that a real
     Prometheus scrapes from an agent, and explains the agent's faulty GPU by its ECC errors."""
-    agent, aport = start_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "120", "--no-record",
-                                    "--no-forecast", "--inject", "hbm-degradation@node-1/2+4m")
-    prom, url = start_prometheus(tmp_path, {"agent": [aport]})
-    central = None
+    aport, pport = free_port(), free_port()
+    url = f"http://127.0.0.1:{pport}"
+    # Prometheus first, then the agent and the central service together: Prometheus' first scrape (~5 s after
+    # it starts) and the two start-ups overlap. The central service scores every 2 s, finding no GPUs until
+    # Prometheus has the agent's readings.
+    prom, _ = start_prometheus(tmp_path, {"agent": [aport]}, port=pport)
+    procs = []
     try:
-        wait_until(lambda: query(url, "fleetwatch_gpu_temperature_celsius"), 60, "GPU readings in Prometheus", prom)
         cfg = central_config(tmp_path / "central.yml",
                              f"energy: {{enabled: false}}\nfailure: {{source: '{url}', interval: 2s, step: 5s}}\n")
-        central, cport = start_fleetwatch(tmp_path, "--config", str(cfg))
+        procs.append(launch_fleetwatch(tmp_path, "--simulate", "2x4", "--seed", "3", "--speed", "120", "--no-record",
+                                       "--no-forecast", "--inject", "hbm-degradation@node-1/2+4m", port=aport))
+        procs.append(launch_fleetwatch(tmp_path, "--config", str(cfg)))
+        for p, port in procs:
+            wait_ready(p, port)
+        central, cport = procs[1]
+        wait_until(lambda: query(url, "fleetwatch_gpu_temperature_celsius"), 60, "GPU readings in Prometheus", prom)
 
         def faulty_ecc_cited() -> bool:
             risk, _, reasons = _risks(cport)
@@ -106,6 +127,4 @@ def test_central_service_scores_the_fleet_from_prometheus(tmp_path: Path) -> Non
         assert all(0.0 <= v <= 1.0 for v in risk.values())
         assert info["kind"] == "anomaly"
     finally:
-        for p in (central, prom, agent):
-            if p is not None:
-                stop(p)
+        stop(*(p for p, _ in procs), prom)

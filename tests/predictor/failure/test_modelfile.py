@@ -16,7 +16,7 @@ from predictor.failure.modelfile import FORMAT, ModelFile, ModelFileError, load,
 def _model() -> ModelFile:
     X = np.random.default_rng(0).normal(size=(300, len(FEATURE_NAMES)))
     est = FailureRiskModel(random_state=0).fit(X)
-    return ModelFile(est, threshold=0.4, horizon_s=86400.0, step_s=900.0, training={"traces": ["x"]})
+    return ModelFile(est, threshold=0.4, horizon_s=86400.0, step_s=900.0, training={"traces": ["x"]}, clear_ratio=0.5)
 
 
 def test_round_trip_keeps_version_and_figures(tmp_path: Path) -> None:
@@ -25,6 +25,7 @@ def test_round_trip_keeps_version_and_figures(tmp_path: Path) -> None:
     back = load(p)
     assert back.version == m.version and back.version.startswith(f"{FORMAT}-")
     assert back.threshold == 0.4 and back.features == FEATURE_NAMES and back.kind == "anomaly"
+    assert back.clear_ratio == 0.5 and back.clear_threshold == 0.2      # the alert policy travels with the model
     X = np.ones((2, len(FEATURE_NAMES)))
     np.testing.assert_allclose(back.estimator.risk(X), m.estimator.risk(X))
 

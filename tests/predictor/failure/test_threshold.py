@@ -1,4 +1,5 @@
-"""The operating threshold: the lowest that meets the precision floor and the false-alarm budget."""
+"""The operating point: the lowest threshold that meets the precision floor and the false-alarm budget, and
+the hysteresis ratio that lets an alert on a degrading GPU hold until it fails."""
 
 from __future__ import annotations
 
@@ -25,20 +26,39 @@ def _fleet() -> tuple[np.ndarray, np.ndarray, np.ndarray, list[TruthFailure]]:
 
 def test_lowest_threshold_that_meets_both_targets() -> None:
     risk, valid, ts, fails = _fleet()
-    thr, s = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
-                              fa_budget=0.5, min_precision=0.95)
+    op = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                          fa_budget=0.5, min_precision=0.95)
+    thr, s = op.threshold, op.scores
     assert 0.6 < thr <= 0.9 and s.precision == 1.0 and s.recall == 1.0 and s.false_alarms == 0
 
 
 def test_a_looser_budget_keeps_the_precision_floor() -> None:
     risk, valid, ts, fails = _fleet()
     # one false alarm in 1,000 GPU-days is within a budget of 2, and 10 of 11 alerts are true (0.91)
-    thr, s = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
-                              fa_budget=2.0, min_precision=0.9)
+    op = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                          fa_budget=2.0, min_precision=0.9)
+    thr, s = op.threshold, op.scores
     assert thr <= 0.6 and s.false_alarms == 1 and s.recall == 1.0
     # a GPU that alarms above every failing one: no threshold has no false alarm, so a budget of 0 cannot be
     # met; the lowest threshold that keeps the precision floor is taken (0.9: 10 of 11 alerts true)
     risk[11, 80:82] = 0.95
-    thr, s = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
-                              fa_budget=0.0, min_precision=0.9)
+    op = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                          fa_budget=0.0, min_precision=0.9)
+    thr, s = op.threshold, op.scores
     assert 0.6 < thr <= 0.9 and s.false_alarms == 1 and s.recall == 1.0
+
+
+def test_the_clear_ratio_that_holds_an_alert_on_a_degrading_gpu_is_chosen() -> None:
+    risk, valid, ts, fails = _fleet()
+    # GPU 0 degrades for two days: an early warning at 100 h, a risk of 0.4 in between, failure at 150 h.
+    # Clearing at 0.75 × the threshold splits that into an early alert that ended over 24 h before the
+    # failure (a false alarm) and a late one; clearing at 0.33 × keeps one alert, true, with 50 h of lead.
+    risk[0, 100:102] = 0.9
+    risk[0, 102:140] = 0.4
+    strict = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                              fa_budget=0.5, min_precision=0.95)
+    assert strict.clear_ratio == 0.75 and (strict.scores.precision or 0.0) < 0.95
+    op = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                          fa_budget=0.5, min_precision=0.95, clear_ratios=(0.75, 0.5, 0.33))
+    assert op.clear_ratio == 0.33 and 0.6 < op.threshold <= 0.9
+    assert op.scores.precision == 1.0 and op.scores.recall == 1.0 and op.scores.false_alarms == 0
