@@ -30,8 +30,8 @@ from collector.trace_io import read_ground_truth
 from predictor.failure.labels import DEFAULT_HORIZON_S
 
 DEFAULT_MERGE_S = 6 * 3600.0
-# An alert clears below this share of the threshold, as the default FleetwatchGpuHighFailureRisk rule does
-# (fires above 0.8, clears below 0.6): a risk wobbling around the threshold is one alert, not several.
+# An alert clears below this share of the threshold unless the model chose another (models from before the
+# choice, and the anomaly score): a risk wobbling around the threshold is one alert, not several.
 DEFAULT_CLEAR_RATIO = 0.75
 # The hysteresis ratios training may choose between with the threshold (on validation data).
 CLEAR_RATIOS: tuple[float, ...] = (0.75, 0.5, 0.33)
@@ -84,6 +84,11 @@ class TruthFailure:
     kind: str
 
 
+def clear_level(threshold: float, clear_ratio: float) -> float:
+    """The risk below which an alert that fired at `threshold` clears (the ratio capped at 1)."""
+    return threshold * min(1.0, clear_ratio)
+
+
 def episodes(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, threshold: float,
              merge_s: float = DEFAULT_MERGE_S, clear_ratio: float = DEFAULT_CLEAR_RATIO,
              censored: np.ndarray | None = None) -> list[Episode]:
@@ -93,8 +98,7 @@ def episodes(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, threshold: 
     `censored` (one flag per GPU) marks GPUs whose observation ends before the grid does without a failure
     (right-censored): an episode still standing at such a GPU's last valid sample is left out (unknown outcome).
     """
-    clear = threshold * min(1.0, clear_ratio)
-    hold = (risk >= clear) & valid
+    hold = (risk >= clear_level(threshold, clear_ratio)) & valid
     fire = (risk >= threshold) & valid
     out: list[Episode] = []
     merge_ns = int(merge_s * 1e9)

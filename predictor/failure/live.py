@@ -24,7 +24,7 @@ import numpy as np
 
 from collector.batch import Batch, Entity, Event
 from collector.series_view import PrometheusView, SeriesFrame, SeriesKey, SeriesView
-from predictor.failure.evaluate import DEFAULT_CLEAR_RATIO
+from predictor.failure.evaluate import DEFAULT_CLEAR_RATIO, clear_level
 from predictor.failure.explain import explain
 from predictor.failure.features import FeatureFrame, compute_features
 from predictor.failure.model import FailureRiskModel
@@ -125,7 +125,7 @@ class FailureScorer:
         self.source = source
         self.threshold = threshold if threshold is not None else (model.threshold if model else ANOMALY_THRESHOLD)
         ratio = clear_ratio if clear_ratio is not None else (model.clear_ratio if model else DEFAULT_CLEAR_RATIO)
-        self.clear_threshold = self.threshold * min(1.0, ratio)
+        self.clear_threshold = clear_level(self.threshold, ratio)
         # GPUs alerting now (risk reached the threshold, not yet below the clear level), kept in memory. After a
         # restart the first round takes it back from the view where that is possible (see _restore); where it
         # is not (a node's own window starts empty), a GPU between the two levels is not alerting until its

@@ -21,7 +21,7 @@ import numpy as np
 import sklearn
 
 from collector.fsync import atomic_file
-from predictor.failure.evaluate import DEFAULT_CLEAR_RATIO
+from predictor.failure.evaluate import DEFAULT_CLEAR_RATIO, clear_level
 from predictor.failure.features import FEATURE_NAMES, FEATURE_SET
 from predictor.failure.model import FailureRiskModel
 
@@ -62,7 +62,7 @@ class ModelFile:
     @property
     def clear_threshold(self) -> float:
         """The risk below which a firing alert clears."""
-        return self.threshold * min(1.0, self.clear_ratio)
+        return clear_level(self.threshold, self.clear_ratio)
 
     @property
     def kind(self) -> str:
