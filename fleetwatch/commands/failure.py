@@ -41,6 +41,9 @@ def add_parsers(sub: Any, parsers: dict[str, argparse.ArgumentParser]) -> dict[s
     tr.add_argument("--validate", action="append", default=[], metavar="TRACE",
                     help="choose the operating threshold on these traces (other GPUs; repeatable); default: "
                          "on the training GPUs' out-of-fold risk")
+    tr.add_argument("--validate-alarms", action="append", default=[], metavar="TRACE", dest="validate_alarms",
+                    help="check the false-alarm budget on these traces instead (a fleet at its real fault rate, "
+                         "when --validate runs at a raised one; repeatable)")
     tr.add_argument("--seed", type=int, default=0)
     sc = sub.add_parser("score", help="score every GPU of traces with a failure-risk model")
     sc.add_argument("model_traces", nargs="+", metavar="TRACE")
@@ -86,7 +89,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from predictor.failure.pipeline import train
 
     try:
-        model = train(args.model_traces, validation=args.validate, horizon_s=args.horizon, step_s=args.step,
+        model = train(args.model_traces, validation=args.validate, alarm_validation=args.validate_alarms,
+                      horizon_s=args.horizon, step_s=args.step,
                       seed=args.seed,
                       fa_budget=args.fa_budget, progress=lambda m: print(f"fleetwatch: train: {m}", file=sys.stderr))
     except (TraceError, ValueError, FileNotFoundError) as err:

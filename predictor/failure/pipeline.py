@@ -110,19 +110,44 @@ class OperatingPoint:
     scores: Scores
 
 
+@dataclass(slots=True)
+class ScoredFleet:
+    """Risk of a fleet's GPUs on one grid with its valid samples, observed failures and GPU-days."""
+
+    risk: np.ndarray
+    valid: np.ndarray
+    ts_ns: np.ndarray
+    failures: list[TruthFailure]
+    gpu_days: float
+
+    def scores(self, threshold: float, clear_ratio: float, horizon_s: float) -> Scores:
+        """The figures of this fleet's alert episodes under one alert policy."""
+        n = self.risk.shape[0]
+        eps = episodes(self.risk, self.valid, self.ts_ns, threshold, clear_ratio=clear_ratio,
+                       censored=censored_gpus(n, self.failures))
+        return score(eps, self.failures, gpus=n, gpu_days=self.gpu_days, horizon_s=horizon_s, threshold=threshold)
+
+
 def choose_threshold(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, failures: Sequence[TruthFailure],
                      gpu_days: float, horizon_s: float, *, fa_budget: float = FA_BUDGET,
                      min_precision: float = MIN_PRECISION,
-                     clear_ratios: Sequence[float] = (DEFAULT_CLEAR_RATIO,)) -> OperatingPoint:
+                     clear_ratios: Sequence[float] = (DEFAULT_CLEAR_RATIO,),
+                     alarms: ScoredFleet | None = None) -> OperatingPoint:
     """The operating point: for each hysteresis ratio, the lowest threshold whose false alarms and precision
     meet the targets, else the lowest that meets the precision, else the best F0.5 (precision weighted twice
-    recall: false drains cost more); across ratios the best tier, then the highest recall."""
+    recall: false drains cost more); across ratios the best tier, then the highest recall.
+
+    With `alarms` (a fleet at its real fault rate) the false-alarm budget is checked there, not on the fleet
+    that measures precision (which may run at a raised fault rate to have enough failures)."""
     n = risk.shape[0]
-    censored = censored_gpus(n, failures)
+    fleet = ScoredFleet(risk, valid, ts_ns, list(failures), gpu_days)
 
     def run(thr: float, ratio: float) -> Scores:
-        return score(episodes(risk, valid, ts_ns, thr, clear_ratio=ratio, censored=censored), failures,
-                     gpus=n, gpu_days=gpu_days, horizon_s=horizon_s, threshold=thr)
+        return fleet.scores(thr, ratio, horizon_s)
+
+    def alarms_ok(s: Scores, thr: float, ratio: float) -> bool:
+        fa = s if alarms is None else alarms.scores(thr, ratio, horizon_s)
+        return fa.false_alarms_per_1000_gpu_days <= fa_budget
 
     if not failures:            # nothing to tune against: a conservative default
         return OperatingPoint(0.5, DEFAULT_CLEAR_RATIO, run(0.5, DEFAULT_CLEAR_RATIO))
@@ -143,7 +168,7 @@ def choose_threshold(risk: np.ndarray, valid: np.ndarray, ts_ns: np.ndarray, fai
             if (s.precision or 0.0) >= min_precision:
                 if precise is None:
                     precise = op
-                if both is None and s.false_alarms_per_1000_gpu_days <= fa_budget:
+                if both is None and alarms_ok(s, float(thr), ratio):
                     both = op
             p, r = s.precision or 0.0, s.recall or 0.0
             f05 = 1.25 * p * r / (0.25 * p + r) if p + r > 0 else 0.0
@@ -191,6 +216,7 @@ def _node_groups(data: Sequence[TraceData]) -> np.ndarray:
 
 
 def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = (),
+          alarm_validation: Sequence[str | Path] = (),
           horizon_s: float = DEFAULT_HORIZON_S, step_s: float = DEFAULT_STEP_S, every: int = DEFAULT_EVERY,
           seed: int = 0, fa_budget: float = FA_BUDGET, min_precision: float = MIN_PRECISION,
           folds: int = DEFAULT_FOLDS, clear_ratios: Sequence[float] = CLEAR_RATIOS,
@@ -200,7 +226,8 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
     Folds are by node (a node's GPUs share jobs, power and faults). The operating threshold is chosen on
     `validation` traces (other GPUs, scored by the model as it will run) when given, else on every
     training GPU's out-of-fold risk (each from the member that did not see its node). Out-of-fold risk
-    is a single member's, noisier than the members' mean, so it picks a conservative threshold.
+    is a single member's, noisier than the members' mean, so it picks a conservative threshold. With
+    `alarm_validation` traces (a fleet at its real fault rate) the false-alarm budget is checked on them.
     """
     say = progress or (lambda _m: None)
     data = []
@@ -212,27 +239,31 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
     say(f"fitting on {len(s.y)} samples ({int(s.y.sum())} positive), {folds} folds by node")
     model = FailureRiskModel(monotonic_cst=MONOTONIC, cv=folds, random_state=seed)
     model.fit(s.X, s.y, sample_weight=s.weight, groups=node_of_gpu[s.gpu])
+    def full(td: TraceData, _g0: int) -> np.ndarray:
+        return model.risk(td.frame.X.reshape(-1, td.frame.X.shape[2]))
+
     held = [load_trace(t, step_s, every) for t in validation]
-    risks, valids, fails, ts_all, days = [], [], [], [], 0.0
-    gpu_base = 0
-    for td in held or data:
-        _, valid = _labels(td, horizon_s)
-        g, t, f = td.frame.X.shape
-        X = td.frame.X.reshape(-1, f)
-        risk = model.risk(X) if held else model.oof_risk(X, np.repeat(node_of_gpu[gpu_base:gpu_base + g], t))
-        risks.append(risk.reshape(g, t))
-        valids.append(valid)
-        ts_all.append(td.frame.ts_ns)
-        fails.extend(TruthFailure(x.gpu + gpu_base, x.ts_ns, True, x.kind) for x in observed_failures(td))
-        days += _gpu_days(valid, td.frame.ts_ns)
-        gpu_base += g
+    if held:
+        fleet = _scored_fleet(held, horizon_s, full)
+    else:
+        def oof(td: TraceData, g0: int) -> np.ndarray:
+            g, t, f = td.frame.X.shape
+            return model.oof_risk(td.frame.X.reshape(-1, f), np.repeat(node_of_gpu[g0:g0 + g], t))
+        fleet = _scored_fleet(data, horizon_s, oof)
+    alarm_tds = [load_trace(t, step_s, every) for t in alarm_validation]
+    alarms = _scored_fleet(alarm_tds, horizon_s, full) if alarm_tds else None
     model.drop_folds()
     method = "validation traces" if held else "out-of-fold risk (folds by node)"
-    op = _pooled_threshold(risks, valids, ts_all, fails, days, horizon_s, fa_budget, min_precision, clear_ratios)
+    op = choose_threshold(fleet.risk, fleet.valid, fleet.ts_ns, fleet.failures, fleet.gpu_days, horizon_s,
+                          fa_budget=fa_budget, min_precision=min_precision, clear_ratios=clear_ratios, alarms=alarms)
     val_scores = op.scores
     say(f"threshold {op.threshold:.4f}, clearing below {op.clear_ratio:g} × it, on {method}: precision "
         f"{val_scores.precision}, recall {val_scores.recall}, "
         f"{val_scores.false_alarms_per_1000_gpu_days:.3f} false alarms / 1000 GPU-days")
+    alarm_scores = alarms.scores(op.threshold, op.clear_ratio, horizon_s) if alarms is not None else None
+    if alarm_scores is not None:
+        say(f"false alarms on the alarm-validation traces: {alarm_scores.false_alarms_per_1000_gpu_days:.3f} / 1000 "
+            f"GPU-days (budget {fa_budget:g})")
     neg = s.X[s.y == 0]
     median = np.nanmedian(neg, axis=0) if len(neg) else np.zeros(len(FEATURE_NAMES))
     q75, q25 = (np.nanpercentile(neg, q, axis=0) for q in (75, 25)) if len(neg) else (median, median)
@@ -243,6 +274,8 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
         "failures": int(sum(len(td.failures) for td in data)), "samples": len(s.y),
         "positives": int(s.y.sum()), "validation": val_scores.as_dict(), "validation_method": method,
         "validation_traces": [str(t) for t in validation],
+        "alarm_validation": alarm_scores.as_dict() if alarm_scores is not None else None,
+        "alarm_validation_traces": [str(t) for t in alarm_validation],
         "folds": folds, "seed": seed, "fa_budget": fa_budget, "min_precision": min_precision,
         "clear_ratios": list(clear_ratios),
     }
@@ -251,9 +284,19 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
                      fleet_median=median.astype(np.float64), fleet_scale=scale.astype(np.float64), training=training)
 
 
-def _pooled_threshold(risks: list[np.ndarray], valids: list[np.ndarray], ts_all: list[np.ndarray],
-                      fails: list[TruthFailure], days: float, horizon_s: float, fa_budget: float,
-                      min_precision: float, clear_ratios: Sequence[float]) -> OperatingPoint:
+def _scored_fleet(data: Sequence[TraceData], horizon_s: float,
+                  risk_of: Callable[[TraceData, int], np.ndarray]) -> ScoredFleet:
+    """The traces' GPUs stacked into one fleet, risk_of(trace, first GPU row) giving each trace's risk."""
+    risks, valids, ts_all, fails, days, g0 = [], [], [], [], 0.0, 0
+    for td in data:
+        _, valid = _labels(td, horizon_s)
+        g, t, _ = td.frame.X.shape
+        risks.append(np.asarray(risk_of(td, g0)).reshape(g, t))
+        valids.append(valid)
+        ts_all.append(td.frame.ts_ns)
+        fails.extend(TruthFailure(x.gpu + g0, x.ts_ns, True, x.kind) for x in observed_failures(td))
+        days += _gpu_days(valid, td.frame.ts_ns)
+        g0 += g
     # traces may have different grids: pad to the longest so that episodes() sees one array
     t_max = max(len(t) for t in ts_all)
     risk = np.vstack([np.pad(r, ((0, 0), (0, t_max - r.shape[1]))) for r in risks])
@@ -271,8 +314,7 @@ def _pooled_threshold(risks: list[np.ndarray], valids: list[np.ndarray], ts_all:
         fails, ts = shifted, base
     else:
         ts = ts_all[0]
-    return choose_threshold(risk, valid, ts, fails, days, horizon_s, fa_budget=fa_budget,
-                            min_precision=min_precision, clear_ratios=clear_ratios)
+    return ScoredFleet(risk, valid, ts, fails, days)
 
 
 @dataclass(slots=True)

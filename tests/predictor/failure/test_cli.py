@@ -23,12 +23,17 @@ def test_train_writes_a_versioned_supervised_model(model_path: Path, train_trace
 def test_train_can_choose_its_threshold_on_validation_traces(train_trace: Path, test_trace: Path,
                                                             tmp_path: Path) -> None:
     out = tmp_path / "m.joblib"
-    assert main(["train", str(train_trace), "--validate", str(test_trace), "-o", str(out)]) == 0
+    assert main(["train", str(train_trace), "--validate", str(test_trace), "--validate-alarms", str(train_trace),
+                 "-o", str(out)]) == 0
     m = load(out)
     assert m.training["validation_method"] == "validation traces"
     assert m.training["validation_traces"] == [str(test_trace)]
     # the figures are the validation fleet's: its 48 GPUs, not the 64 it was trained on
     assert m.training["validation"]["gpus"] == 48 and 0 < m.threshold <= 1
+    # false alarms were also counted on the alarm-validation fleet (64 GPUs), at the chosen threshold
+    assert m.training["alarm_validation_traces"] == [str(train_trace)]
+    assert m.training["alarm_validation"]["gpus"] == 64
+    assert m.training["alarm_validation"]["threshold"] == pytest.approx(m.threshold)
 
 
 def test_evaluate_json_has_the_figures_and_beats_the_rule_on_lead_time(

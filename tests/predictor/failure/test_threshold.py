@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from predictor.failure.evaluate import TruthFailure
-from predictor.failure.pipeline import choose_threshold
+from predictor.failure.pipeline import ScoredFleet, choose_threshold
 
 H = 3600 * 10**9
 
@@ -62,3 +62,19 @@ def test_the_clear_ratio_that_holds_an_alert_on_a_degrading_gpu_is_chosen() -> N
                           fa_budget=0.5, min_precision=0.95, clear_ratios=(0.75, 0.5, 0.33))
     assert op.clear_ratio == 0.33 and 0.6 < op.threshold <= 0.9
     assert op.scores.precision == 1.0 and op.scores.recall == 1.0 and op.scores.false_alarms == 0
+
+
+def test_the_false_alarm_budget_is_checked_on_the_alarm_fleet_when_given() -> None:
+    risk, valid, ts, fails = _fleet()
+    loose = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                             fa_budget=2.0, min_precision=0.9)
+    assert loose.threshold <= 0.6 and loose.scores.false_alarms == 1
+    # a fleet at its real fault rate: no failures, 20 GPU-days, one healthy GPU blipping to 0.7; one false
+    # alarm there is 50 per 1,000 GPU-days, over the budget, so the threshold rises above the blip
+    quiet = np.full((20, 200), 0.02)
+    quiet[3, 40:42] = 0.7
+    alarms = ScoredFleet(quiet, np.ones_like(quiet, dtype=bool), ts, [], gpu_days=20.0)
+    op = choose_threshold(risk, valid, ts, fails, gpu_days=1000.0, horizon_s=24 * 3600.0,
+                          fa_budget=2.0, min_precision=0.9, alarms=alarms)
+    assert 0.7 < op.threshold <= 0.9 and op.scores.recall == 1.0
+    assert alarms.scores(op.threshold, op.clear_ratio, 24 * 3600.0).false_alarms == 0
