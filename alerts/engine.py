@@ -75,6 +75,7 @@ class Alert:
     fired_at_ns: int | None = None
     resolved_at_ns: int | None = None
     last_true_ns: int = 0
+    keep_since_ns: int | None = None  # first evaluation without the condition while keep_firing_for holds it
     _fingerprint: str | None = None
 
     @property
@@ -242,6 +243,7 @@ class Engine:
                                                   cand.annotations[j] if cand.annotations else None)
             a.value = value
             a.last_true_ns = now_ns
+            a.keep_since_ns = None
             if a.state == "pending" and now_ns - a.active_at_ns >= for_ns:
                 a.state, a.fired_at_ns = "firing", now_ns
             seen.add(ident)
@@ -250,7 +252,10 @@ class Engine:
             if a.state == "pending":
                 del state[ident]
             elif a.state == "firing":
-                if keep_for_ns and now_ns - a.last_true_ns < keep_for_ns:
+                # as Prometheus: kept firing for keep_firing_for from the first evaluation without the condition
+                if a.keep_since_ns is None:
+                    a.keep_since_ns = now_ns
+                if keep_for_ns and now_ns - a.keep_since_ns < keep_for_ns:
                     continue
                 a.state, a.resolved_at_ns = "resolved", now_ns
             elif now_ns - (a.resolved_at_ns or now_ns) >= self.resolved_keep_ns:

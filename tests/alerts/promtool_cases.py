@@ -90,13 +90,15 @@ CASES = [
          "11m", [(G, 1)]),
     # risk >= the scorer's per-GPU threshold series: GPU 3 reaches its model's 0.8 at once (the scorer then
     # exports the clear level 0.6), fires after 10 min, holds at 0.6 = the clear level, and ends at 0.5 (the
-    # scorer back at 0.8); GPU 4 stays just below its 0.8 and never fires
+    # scorer back at 0.8), then keeps firing with its last value for 6 h (keep_firing_for: the benchmark's
+    # episode merge) and ends; GPU 4 stays just below its 0.8 and never fires
     Case("FleetwatchGpuHighFailureRisk", "1m",
          [("fleetwatch_gpu_failure_risk", G, "0.8x12 0.6x4 0.5x4"),
           ("fleetwatch_gpu_failure_risk_threshold", G, "0.6x16 0.8x4"),
           ("fleetwatch_gpu_failure_risk", G2, "0.79x20"),
           ("fleetwatch_gpu_failure_risk_threshold", G2, "0.8x20")],
-         "11m", [(G, 0.8)], more=[("9m", []), ("14m", [(G, 0.6)]), ("18m", [])]),
+         "11m", [(G, 0.8)], more=[("9m", []), ("14m", [(G, 0.6)]), ("18m", [(G, 0.6)]), ("6h16m", [(G, 0.6)]),
+                                  ("6h17m", [])]),
     # q0.1 at 1 h above the 20 kW budget the forecaster exports (P >= 0.9); q0.5 and the 24 h horizon do not count
     Case("FleetwatchPowerBudgetBreachForecast", "15s",
          [("fleetwatch_power_budget_watts", {"scope": "fleet"}, "20000x8"),

@@ -110,6 +110,41 @@ def test_hysteresis_keeps_firing_until_the_clear_threshold() -> None:
     assert states(f.step(temps(82))) == {("Hot", "0"): "resolved"}        # band again: no new alert
 
 
+def test_keep_firing_for_counts_from_the_first_evaluation_without_the_condition() -> None:
+    """As Prometheus: a firing alert stays firing (with its last value) for keep_firing_for after the first
+    evaluation that no longer sees the condition, returns to plain firing if the condition comes back, and
+    a pending alert is not kept."""
+    f = Feed(rules("""
+  - alert: Hot
+    kind: threshold
+    metric: fleetwatch_gpu_temperature_celsius
+    value: 80
+    keep_firing_for: 45s
+"""))
+    assert states(f.step(temps(90))) == {("Hot", "0"): "firing"}
+    for _ in range(3):                                                    # 0, 15 and 30 s without it
+        (a,) = f.step(temps(50))
+        assert a.state == "firing" and a.value == 90
+    (a,) = f.step(temps(50))                                              # 45 s: resolved
+    assert a.state == "resolved"
+    f.step(temps(90))
+    f.step(temps(50))
+    assert states(f.step(temps(90))) == {("Hot", "0"): "firing"}          # back within the keep: one alert
+    for _ in range(3):
+        assert states(f.step(temps(50))) == {("Hot", "0"): "firing"}     # the keep starts again from zero
+    assert states(f.step(temps(50))) == {("Hot", "0"): "resolved"}
+    g = Feed(rules("""
+  - alert: Hot
+    kind: threshold
+    metric: fleetwatch_gpu_temperature_celsius
+    value: 80
+    for: 1m
+    keep_firing_for: 1h
+"""))
+    assert states(g.step(temps(90))) == {("Hot", "0"): "pending"}
+    assert g.step(temps(50)) == []
+
+
 def test_refire_after_resolve_gets_a_new_start_but_the_same_fingerprint() -> None:
     f = Feed(rules("""
   - alert: Hot

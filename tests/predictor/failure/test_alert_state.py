@@ -92,8 +92,9 @@ def test_clear_ratio_comes_from_config_else_the_model_else_the_default() -> None
 
 def test_default_rule_follows_the_scorer_through_the_engine() -> None:
     """The built-in FleetwatchGpuHighFailureRisk over what the scorer publishes: fires after its 10 min
-    `for` although the risk fell below the threshold meanwhile, and resolves once it drops below the clear
-    level; the other GPU, at the same in-between risk but never past the threshold, never alerts."""
+    `for` although the risk fell below the threshold meanwhile, and once the risk drops below the clear level
+    keeps firing for the rule's 6 h keep_firing_for (the benchmark's episode merge), then resolves; the other
+    GPU, at the same in-between risk but never past the threshold, never alerts."""
     (rule,) = [r for r in default_rules() if r.alert == "FleetwatchGpuHighFailureRisk"]
     engine = Engine([rule])
     sc = scorer()
@@ -105,8 +106,13 @@ def test_default_rule_follows_the_scorer_through_the_engine() -> None:
     assert seen[0] == {"0": "pending"}
     assert seen[10] == {"0": "firing"}                 # 10 rounds of a minute after it became active
     assert all("1" not in s for s in seen)
-    assert seen[-1] == {"0": "resolved"}
-    (alert,) = engine.alerts()
+    assert seen[-1] == {"0": "firing"}                 # below the clear level: kept for 6 h
+    assert rule.keep_firing_for == 6 * 3600.0
+    sc.svc.clock.advance(6 * 3600.0 - 120.0)
+    for want in ("firing", "resolved"):                # 6 h - 1 min, then 6 h after the first round below
+        round_(sc, {GPU0: 0.5, GPU1: 0.7})
+        (alert,) = engine.evaluate(sc.svc.window, sc.svc.clock.now_ns())
+        assert alert.state == want
     # the risk it last held at, not the threshold series (0.6): remediation policies match min_risk on it
     assert alert.value == pytest.approx(0.7) and alert.annotations["risk"] == "0.7000"
 
