@@ -53,6 +53,9 @@ WARMUP_S = 6 * 3600.0                  # samples this early in a trace have too 
 FA_BUDGET = 0.05                       # false alarms per 1,000 GPU-days targeted on validation (half of 0.1)
 MIN_PRECISION = 0.9
 MAX_NEGATIVES = 150_000
+# Under this many false alarms allowed on the budget check's GPU-days, the check is mostly fleet-to-fleet noise
+# (the benchmark saw 1 against 7 on two 57,000 GPU-day fleets at one threshold).
+MIN_BUDGET_ALARMS = 5.0
 DEFAULT_FOLDS = 4
 
 
@@ -257,6 +260,12 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
     op = choose_threshold(fleet.risk, fleet.valid, fleet.ts_ns, fleet.failures, fleet.gpu_days, horizon_s,
                           fa_budget=fa_budget, min_precision=min_precision, clear_ratios=clear_ratios, alarms=alarms)
     val_scores = op.scores
+    checked_days = (alarms or fleet).gpu_days
+    allowed = fa_budget * checked_days / 1000.0
+    if allowed < MIN_BUDGET_ALARMS:
+        say(f"warning: the false-alarm budget ({fa_budget:g} per 1,000 GPU-days) allows {allowed:.1f} alarms on "
+            f"the {checked_days:.0f} GPU-days it is checked on: too few to tell a threshold's false-alarm rate "
+            f"from chance; give more GPU-days ({'--validate-alarms' if alarms else '--validate'} is repeatable)")
     say(f"threshold {op.threshold:.4f}, clearing below {op.clear_ratio:g} × it, on {method}: precision "
         f"{val_scores.precision}, recall {val_scores.recall}, "
         f"{val_scores.false_alarms_per_1000_gpu_days:.3f} false alarms / 1000 GPU-days")
@@ -276,7 +285,8 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
         "validation_traces": [str(t) for t in validation],
         "alarm_validation": alarm_scores.as_dict() if alarm_scores is not None else None,
         "alarm_validation_traces": [str(t) for t in alarm_validation],
-        "folds": folds, "seed": seed, "fa_budget": fa_budget, "min_precision": min_precision,
+        "folds": folds, "seed": seed, "fa_budget": fa_budget, "fa_budget_gpu_days": checked_days,
+        "min_precision": min_precision,
         "clear_ratios": list(clear_ratios),
     }
     return ModelFile(estimator=model, threshold=op.threshold, clear_ratio=op.clear_ratio, horizon_s=horizon_s,

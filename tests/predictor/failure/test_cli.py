@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -20,8 +21,8 @@ def test_train_writes_a_versioned_supervised_model(model_path: Path, train_trace
     assert m.training["start_ns"] < m.training["end_ns"]
 
 
-def test_train_can_choose_its_threshold_on_validation_traces(train_trace: Path, test_trace: Path,
-                                                            tmp_path: Path) -> None:
+def test_train_can_choose_its_threshold_on_validation_traces(train_trace: Path, test_trace: Path, tmp_path: Path,
+                                                            capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "m.joblib"
     assert main(["train", str(train_trace), "--validate", str(test_trace), "--validate-alarms", str(train_trace),
                  "-o", str(out)]) == 0
@@ -34,6 +35,11 @@ def test_train_can_choose_its_threshold_on_validation_traces(train_trace: Path, 
     assert m.training["alarm_validation_traces"] == [str(train_trace)]
     assert m.training["alarm_validation"]["gpus"] == 64
     assert m.training["alarm_validation"]["threshold"] == pytest.approx(m.threshold)
+    # a few hundred GPU-days cannot resolve 0.05 false alarms per 1,000: training says so, and what to do
+    days = m.training["alarm_validation"]["gpu_days"]
+    assert m.training["fa_budget_gpu_days"] == pytest.approx(days) and days < 1000
+    assert re.search(rf"allows 0\.0 alarms on the {days:.0f} GPU-days .*\(--validate-alarms is repeatable\)",
+                     capsys.readouterr().err)
 
 
 def test_evaluate_json_has_the_figures_and_beats_the_rule_on_lead_time(
