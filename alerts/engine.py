@@ -74,7 +74,6 @@ class Alert:
     active_at_ns: int                 # when the condition began to hold (startsAt)
     fired_at_ns: int | None = None
     resolved_at_ns: int | None = None
-    last_true_ns: int = 0
     keep_since_ns: int | None = None  # first evaluation without the condition while keep_firing_for holds it
     _fingerprint: str | None = None
 
@@ -242,7 +241,6 @@ class Engine:
                 a.annotations = self._annotations(rule, cand.labels[j], value,
                                                   cand.annotations[j] if cand.annotations else None)
             a.value = value
-            a.last_true_ns = now_ns
             a.keep_since_ns = None
             if a.state == "pending" and now_ns - a.active_at_ns >= for_ns:
                 a.state, a.fired_at_ns = "firing", now_ns
@@ -267,8 +265,7 @@ class Engine:
             labels[k] = render(text, series, value)
         labels["alertname"] = rule.alert
         labels = {k: v for k, v in labels.items() if v != ""}      # an empty label is no label (Prometheus)
-        return Alert(labels=labels, annotations={}, state="pending", value=value, active_at_ns=now_ns,
-                     last_true_ns=now_ns)
+        return Alert(labels=labels, annotations={}, state="pending", value=value, active_at_ns=now_ns)
 
     @staticmethod
     def _annotations(rule: Rule, series: dict[str, str], value: float,

@@ -117,8 +117,8 @@ def main() -> None:
     model_path = cache / f"model-{'small' if args.small else 'full'}-format{FORMAT}.joblib"
     t0 = time.perf_counter()
     if args.retrain or not model_path.is_file():
-        # Precision is checked on a rate-10 fleet (enough failures to measure it), the false-alarm budget on a
-        # rate-1 fleet: a rate-10 fleet has ten times the early alerts on GPUs that fail later than the horizon.
+        # Precision is checked on a rate-10 fleet (enough failures to measure it), the false-alarm budget on
+        # rate-1 fleets: a rate-10 fleet has ten times the early alerts on GPUs that fail later than the horizon.
         model = train([p for n, p in traces.items() if n.startswith("train")], validation=[traces["validate"]],
                       alarm_validation=[p for n, p in traces.items() if n.startswith("validate-rate1")],
                       step_s=INTERVAL_S,
