@@ -33,7 +33,8 @@ INTERVAL_S = 900.0
 
 def fleets(small: bool) -> dict[str, tuple[int, float, float, int, float]]:
     """name -> (nodes of 8 GPUs, days, fault rate, seed, start day): training fleets, validation fleets
-    (the operating threshold), then two test fleets that start when training ends.
+    (the operating threshold), then test fleets that start when training ends (two per fault rate in the full
+    run, reported each and pooled: two 2,000-GPU fleets at rate 10 differed by 0.09 in precision).
 
     The false-alarm budget (0.05 per 1,000 GPU-days) is checked on three rate-1 fleets: one fleet's 57,000
     GPU-days allow fewer than three false alarms, and fleets of the same size differed by 1 against 7 at one
@@ -46,7 +47,8 @@ def fleets(small: bool) -> dict[str, tuple[int, float, float, int, float]]:
     return {"train": (125, 30.0, 10.0, 101, 0.0), "train-2": (250, 30.0, 10.0, 404, 0.0),
             "validate": (250, 30.0, 10.0, 505, 0.0), "validate-rate1": (250, 30.0, 1.0, 606, 0.0),
             "validate-rate1-2": (250, 30.0, 1.0, 707, 0.0), "validate-rate1-3": (250, 30.0, 1.0, 808, 0.0),
-            "test-rate10": (250, 30.0, 10.0, 202, 30.0), "test-rate1": (250, 30.0, 1.0, 303, 30.0)}
+            "test-rate10": (250, 30.0, 10.0, 202, 30.0), "test-rate1": (250, 30.0, 1.0, 303, 30.0),
+            "test-rate10-b": (250, 30.0, 10.0, 919, 30.0), "test-rate1-b": (250, 30.0, 1.0, 909, 30.0)}
 
 
 def ensure(cache: Path, name: str, nodes: int, days: float, rate: float, seed: int, start_day: float) -> Path:
@@ -66,40 +68,72 @@ def _f(v: Any, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
-ROWS = (("precision", ".3f"), ("recall", ".3f"), ("recall_with_precursors", ".3f"), ("pr_auc", ".3f"),
-        ("median_lead_time_h", ".1f"), ("p10_lead_time_h", ".1f"), ("false_alarms_per_1000_gpu_days", ".3f"),
-        ("alerts", "d"), ("failures", "d"), ("gpus", "d"), ("gpu_days", ".0f"))
+COLUMNS = (("precision", "precision", ".3f"), ("recall", "recall", ".3f"),
+           ("recall_with_precursors", "rec.prec", ".3f"), ("pr_auc", "PR-AUC", ".3f"),
+           ("median_lead_time_h", "lead p50 h", ".1f"), ("p10_lead_time_h", "lead p10 h", ".1f"),
+           ("false_alarms_per_1000_gpu_days", "FA/1000d", ".3f"), ("alerts", "alerts", "d"),
+           ("false_alarms", "false", "d"), ("failures", "failures", "d"), ("gpus", "GPUs", "d"),
+           ("gpu_days", "GPU-days", ".0f"))
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """Model and baseline side by side for each test fleet."""
-    names = list(results)
-    head = f"{'':<32}" + "".join(f"{n + ' model':>20}{n + ' rule':>20}" for n in names)
-    lines = [head]
-    for key, fmt in ROWS:
-        cells = "".join(f"{_f(results[n].get(key), fmt):>20}{_f(results[n]['baseline'].get(key), fmt):>20}"
-                        for n in names)
-        lines.append(f"{key:<32}{cells}")
+    """One line for the model and one for the rule baseline on each test fleet (rec.prec: recall over failures
+    with precursors; FA/1000d: false alarms per 1,000 GPU-days)."""
+    lines = [f"{'':<26}" + "".join(f"{title:>11}" for _, title, _ in COLUMNS)]
+    for name, r in results.items():
+        for who, figures in (("model", r), ("rule", r["baseline"])):
+            lines.append(f"{name + ' ' + who:<26}" + "".join(f"{_f(figures.get(k), fmt):>11}" for k, _, fmt in COLUMNS))
     return "\n".join(lines)
 
 
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def _pool_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """Figures that pool exactly from counts (lead times and PR-AUC do not: they are left out)."""
+    n = {k: sum(p[k] for p in parts) for k in ("alerts", "false_alarms", "caught", "failures", "with_precursors",
+                                              "caught_with_precursors", "gpus", "gpu_days")}
+    return {**n, "precision": _ratio(n["alerts"] - n["false_alarms"], n["alerts"]),
+            "recall": _ratio(n["caught"], n["failures"]),
+            "recall_with_precursors": _ratio(n["caught_with_precursors"], n["with_precursors"]),
+            "false_alarms_per_1000_gpu_days": 1000.0 * n["false_alarms"] / n["gpu_days"] if n["gpu_days"] else 0.0}
+
+
+def pooled(results: dict[str, dict[str, Any]], rate: str) -> dict[str, Any] | None:
+    """The test fleets of one fault rate ("rate10", "rate1") pooled, model and baseline."""
+    parts = [r for n, r in results.items() if n == f"test-{rate}" or n.startswith(f"test-{rate}-")]
+    if not parts:
+        return None
+    return {**_pool_counts(parts), "baseline": _pool_counts([p["baseline"] for p in parts]),
+            "fleets": len(parts)}
+
+
 def targets(results: dict[str, dict[str, Any]]) -> list[str]:
-    """The issue's targets, each with its figure and whether it is met."""
+    """The issue's targets, each with its figure (the test fleets of a rate pooled) and whether it is met."""
     out = []
-    r10 = results.get("test-rate10")
+    r10 = pooled(results, "rate10")
     if r10:
-        for key, op, want in (("precision", ">=", 0.9), ("recall_with_precursors", ">=", 0.8),
-                              ("median_lead_time_h", ">=", 6.0)):
+        each = [r for n, r in results.items() if n.startswith("test-rate10")]
+        for key, want in (("precision", 0.9), ("recall_with_precursors", 0.8)):
             v = r10.get(key)
             ok = v is not None and v >= want
-            out.append(f"rate 10: {key} {_f(v, '.3f')} {op} {want}: {'met' if ok else 'NOT met'}")
-        p = r10.get("precision")
-        out.append(f"rate 10: precision {_f(p, '.3f')} vs 0.84 published by Liu et al. 2022 (other data: "
-                   f"a real cluster's logs, not this simulator)")
-    r1 = results.get("test-rate1")
+            spread = ", ".join(_f(r.get(key), ".3f") for r in each)
+            out.append(f"rate 10: {key} {_f(v, '.3f')} >= {want} over {r10['fleets']} fleet(s) pooled (each: "
+                       f"{spread}): {'met' if ok else 'NOT met'}")
+        leads = [r.get("median_lead_time_h") for r in each]
+        ok = all(v is not None and v >= 6.0 for v in leads)
+        out.append(f"rate 10: median_lead_time_h >= 6.0 in each fleet ({', '.join(_f(v, '.1f') for v in leads)}): "
+                   f"{'met' if ok else 'NOT met'}")
+        out.append(f"rate 10: precision {_f(r10.get('precision'), '.3f')} vs 0.84 published by Liu et al. 2022 "
+                   "(other data: a real cluster's logs, not this simulator)")
+    r1 = pooled(results, "rate1")
     if r1:
         v = r1["false_alarms_per_1000_gpu_days"]
-        out.append(f"rate 1: false alarms / 1,000 GPU-days {v:.3f} <= 0.1: {'met' if v <= 0.1 else 'NOT met'}")
+        each = ", ".join(f"{r['false_alarms_per_1000_gpu_days']:.3f}" for n, r in results.items()
+                         if n.startswith("test-rate1") and not n.startswith("test-rate10"))
+        out.append(f"rate 1: false alarms / 1,000 GPU-days {v:.3f} <= 0.1 ({r1['false_alarms']} in "
+                   f"{r1['gpu_days']:.0f} GPU-days; each fleet: {each}): {'met' if v <= 0.1 else 'NOT met'}")
     return out
 
 
@@ -135,12 +169,17 @@ def main() -> None:
           f"{_f((model.training.get('alarm_validation') or {}).get('false_alarms_per_1000_gpu_days'), '.3f')}",
           flush=True)
     results: dict[str, dict[str, Any]] = {}
-    for name in ("test-rate10", "test-rate1"):
+    for name in sorted(n for n in traces if n.startswith("test")):
         t1 = time.perf_counter()
         results[name] = evaluate(model, [traces[name]])
         print(f"evaluated {name} in {time.perf_counter() - t1:.0f} s", flush=True)
+    shown = dict(results)
+    for rate in ("rate10", "rate1"):
+        p = pooled(results, rate)
+        if p is not None and p["fleets"] > 1:
+            shown[f"{rate} pooled"] = p
     print()
-    print(table(results))
+    print(table(shown))
     print()
     for r in results.values():
         b = r["baseline"]
@@ -150,7 +189,7 @@ def main() -> None:
     for line in targets(results):
         print(line)
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+        Path(args.json).write_text(json.dumps(shown, indent=2))
 
 
 if __name__ == "__main__":

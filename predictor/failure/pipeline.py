@@ -443,5 +443,6 @@ def _pool_baseline(parts: list[Scores], gpus: int, days: float) -> dict[str, obj
         "p10_lead_time_h": 0.0 if caught else None,
         "false_alarms_per_1000_gpu_days": 1000.0 * fa / days if days > 0 else 0.0,
         "threshold": None, "gpus": gpus, "gpu_days": days, "failures": failures,
-        "alerts": alerts, "false_alarms": fa, "caught": caught,
+        "alerts": alerts, "false_alarms": fa, "caught": caught, "with_precursors": pre,
+        "caught_with_precursors": sum(p.caught_with_precursors for p in parts),
     }
