@@ -163,6 +163,7 @@ class FailureScorer:
         if len(X) < 2:
             return
         self._anomaly = FailureRiskModel(n_estimators=100, random_state=0).fit(X)
+        X = np.where(np.isnan(X).all(axis=0, keepdims=True), 0.0, X)   # a feature with no data yet: median 0
         self._anomaly_median = np.nanmedian(X, axis=0)
         q75, q25 = np.nanpercentile(X, 75, axis=0), np.nanpercentile(X, 25, axis=0)
         self._anomaly_scale = np.where(q75 - q25 > 0, q75 - q25, 1.0)

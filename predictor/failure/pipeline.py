@@ -274,6 +274,7 @@ def train(traces: Sequence[str | Path], *, validation: Sequence[str | Path] = ()
         say(f"false alarms on the alarm-validation traces: {alarm_scores.false_alarms_per_1000_gpu_days:.3f} / 1000 "
             f"GPU-days (budget {fa_budget:g})")
     neg = s.X[s.y == 0]
+    neg = np.where(np.isnan(neg).all(axis=0, keepdims=True), 0.0, neg)   # a feature never seen: median 0
     median = np.nanmedian(neg, axis=0) if len(neg) else np.zeros(len(FEATURE_NAMES))
     q75, q25 = (np.nanpercentile(neg, q, axis=0) for q in (75, 25)) if len(neg) else (median, median)
     scale = np.where(q75 - q25 > 0, q75 - q25, np.maximum(np.nanstd(neg, axis=0) if len(neg) else 1.0, 1e-6))

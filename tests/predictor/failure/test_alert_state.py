@@ -4,6 +4,7 @@ fires, holds and clears as the benchmark's episodes do."""
 
 from __future__ import annotations
 
+import warnings
 from types import SimpleNamespace
 
 import numpy as np
@@ -127,3 +128,22 @@ def test_a_restarted_scorer_takes_the_alert_state_back_from_the_view() -> None:
     assert round_(again, {GPU0: 0.7, GPU1: 0.7}) == {"0": (0.7, 0.6), "1": (0.7, 0.8)}
     fresh = scorer()                                            # an empty view: nothing to take back
     assert round_(fresh, {GPU0: 0.7, GPU1: 0.7}) == {"0": (0.7, 0.8), "1": (0.7, 0.8)}
+
+
+def test_anomaly_reference_takes_features_without_data_as_median_zero() -> None:
+    """Without a model the scorer fits the anomaly score on the window; features with no data yet (all but
+    remapped rows here) get median 0, not NaN (which made reasons compare against NaN), and no warning."""
+    clock, window = ManualClock(), RecentWindow()
+    svc = SimpleNamespace(clock=clock, window=window, history=lambda: None, publish=window.add)
+    sc = FailureScorer(svc, None, interval_s=60.0)        # type: ignore[arg-type]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        for r in (0.0, 0.0, 1.0):
+            clock.advance(60.0)
+            b = Batch("gpu", clock.now_ns())
+            b.add(PENDING, GPU0, r)
+            b.add(PENDING, GPU1, 0.0)
+            window.add(b)
+            sc.score_once()
+    assert sc._anomaly_median is not None and np.isfinite(sc._anomaly_median).all()
+    assert sc._anomaly_median[COL] == 0.0
