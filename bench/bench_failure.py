@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from collector.sim.offline import DEFAULT_START_NS, generate_trace
+from predictor.failure.evaluate import pool_counts
 from predictor.failure.modelfile import FORMAT, load, save
 from predictor.failure.pipeline import evaluate, train
 
@@ -86,26 +87,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def _ratio(num: float, den: float) -> float | None:
-    return num / den if den else None
-
-
-def _pool_counts(parts: list[dict[str, Any]]) -> dict[str, Any]:
-    """Figures that pool exactly from counts (lead times and PR-AUC do not: they are left out)."""
-    n = {k: sum(p[k] for p in parts) for k in ("alerts", "false_alarms", "caught", "failures", "with_precursors",
-                                              "caught_with_precursors", "gpus", "gpu_days")}
-    return {**n, "precision": _ratio(n["alerts"] - n["false_alarms"], n["alerts"]),
-            "recall": _ratio(n["caught"], n["failures"]),
-            "recall_with_precursors": _ratio(n["caught_with_precursors"], n["with_precursors"]),
-            "false_alarms_per_1000_gpu_days": 1000.0 * n["false_alarms"] / n["gpu_days"] if n["gpu_days"] else 0.0}
-
-
 def pooled(results: dict[str, dict[str, Any]], rate: str) -> dict[str, Any] | None:
     """The test fleets of one fault rate ("rate10", "rate1") pooled, model and baseline."""
     parts = [r for n, r in results.items() if n == f"test-{rate}" or n.startswith(f"test-{rate}-")]
     if not parts:
         return None
-    return {**_pool_counts(parts), "baseline": _pool_counts([p["baseline"] for p in parts]),
+    return {**pool_counts(parts), "baseline": pool_counts([p["baseline"] for p in parts]),
             "fleets": len(parts)}
 
 

@@ -17,9 +17,10 @@ Ground truth is read here only, never by training or scoring.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from sklearn.metrics import average_precision_score
@@ -72,6 +73,23 @@ class Scores:
     def as_dict(self) -> dict[str, float | int | None]:
         """The figures as a JSON-ready dict."""
         return asdict(self)
+
+
+COUNTS = ("alerts", "false_alarms", "caught", "failures", "with_precursors", "caught_with_precursors", "gpus",
+          "gpu_days")
+
+
+def pool_counts(parts: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several fleets' figures pooled from their counts (Scores as dicts); lead times and PR-AUC do not pool
+    from counts and are left out."""
+    n = {k: sum(p[k] for p in parts) for k in COUNTS}
+    days = n["gpu_days"]
+    return {**n,
+            "precision": (n["alerts"] - n["false_alarms"]) / n["alerts"] if n["alerts"] else None,
+            "recall": n["caught"] / n["failures"] if n["failures"] else None,
+            "recall_with_precursors": (n["caught_with_precursors"] / n["with_precursors"]
+                                       if n["with_precursors"] else None),
+            "false_alarms_per_1000_gpu_days": 1000.0 * n["false_alarms"] / days if days > 0 else 0.0}
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,6 +27,7 @@ from predictor.failure.evaluate import (
     censored_gpus,
     episodes,
     first_failure,
+    pool_counts,
     pr_auc,
     sample_truth,
     score,
@@ -429,21 +430,8 @@ def evaluate(model: ModelFile, traces: Sequence[str | Path], *, horizon_s: float
 
 
 def _pool_baseline(parts: list[Scores], gpus: int, days: float) -> dict[str, object]:
-    alerts = sum(p.alerts for p in parts)
-    fa = sum(p.false_alarms for p in parts)
-    failures = sum(p.failures for p in parts)
-    caught = sum(p.caught for p in parts)
-    pre = sum(p.with_precursors for p in parts)
-    rwp = sum(p.caught_with_precursors for p in parts) / pre if pre else None
-    return {
-        "precision": (alerts - fa) / alerts if alerts else None,
-        "recall": caught / failures if failures else None,
-        "recall_with_precursors": rwp,
-        "pr_auc": None,
-        "median_lead_time_h": 0.0 if caught else None,
-        "p10_lead_time_h": 0.0 if caught else None,
-        "false_alarms_per_1000_gpu_days": 1000.0 * fa / days if days > 0 else 0.0,
-        "threshold": None, "gpus": gpus, "gpu_days": days, "failures": failures,
-        "alerts": alerts, "false_alarms": fa, "caught": caught, "with_precursors": pre,
-        "caught_with_precursors": sum(p.caught_with_precursors for p in parts),
-    }
+    pooled = pool_counts([p.as_dict() for p in parts])
+    caught = pooled["caught"]
+    return {**pooled, "gpus": gpus, "gpu_days": days, "pr_auc": None, "threshold": None,
+            "median_lead_time_h": 0.0 if caught else None, "p10_lead_time_h": 0.0 if caught else None,
+            "false_alarms_per_1000_gpu_days": 1000.0 * pooled["false_alarms"] / days if days > 0 else 0.0}
