@@ -1,4 +1,4 @@
-"""Per-GPU failure-precursor features over sliding windows (1 h, 6 h, 24 h), computed from a series view.
+"""Per-GPU failure-precursor features over sliding windows (1 h, 6 h, 24 h; error counters also 72 h).
 
 Every feature is computed for every GPU at every point of a regular grid with NumPy over the whole
 (GPUs × time) array at once: counters become windowed increases (rates per hour) by differencing their
@@ -22,8 +22,12 @@ from predictor.failure.labels import FAILURE_XIDS
 
 HOUR_S = 3600.0
 WINDOWS_H: tuple[int, ...] = (1, 6, 24)
-LOOKBACK_S = max(WINDOWS_H) * HOUR_S        # history a feature at t needs
-FEATURE_SET = "fleetwatch-failure-features/1"   # bump when a feature's definition changes
+# Error counters are also read over 3 days: a GPU whose errors have run for days stays at risk between
+# bursts, so its alert does not clear days before it fails (an alert that clears more than the horizon
+# before the failure is a false alarm, and the GPU then alerts again).
+COUNTER_WINDOWS_H: tuple[int, ...] = (*WINDOWS_H, 72)
+LOOKBACK_S = max(COUNTER_WINDOWS_H) * HOUR_S        # history a feature at t needs
+FEATURE_SET = "fleetwatch-failure-features/2"   # bump when a feature's definition changes
 
 # Counters whose windowed rates (per hour) are features: key -> (metric, words).
 COUNTERS: dict[str, tuple[str, str]] = {
@@ -71,7 +75,7 @@ class FeatureDef:
 def _defs() -> list[FeatureDef]:
     out: list[FeatureDef] = []
     for key, (_, words) in COUNTERS.items():
-        out.extend(FeatureDef(f"{key}_rate_{w}h", words, "rate", w) for w in WINDOWS_H)
+        out.extend(FeatureDef(f"{key}_rate_{w}h", words, "rate", w) for w in COUNTER_WINDOWS_H)
         if key in ACCELERATING:
             out.append(FeatureDef(f"{key}_accel", f"rise in {words}", "delta", 6))
     out.append(FeatureDef("remap_pending", "row remapping pending", "level"))
@@ -263,12 +267,12 @@ def compute_features(view: SeriesView, start_ns: int, end_ns: int, step_s: float
     n_t = len(points)
     keep = np.nonzero(points >= start_ns)[0][::max(1, every)]
     cols: dict[str, np.ndarray] = {}
-    win = {w: max(1, round(w * HOUR_S / step_s)) for w in WINDOWS_H}
+    win = {w: max(1, round(w * HOUR_S / step_s)) for w in COUNTER_WINDOWS_H}
 
     for key, (metric, _) in COUNTERS.items():
         raw = get(metric)
         rates = {}
-        for w in WINDOWS_H:
+        for w in COUNTER_WINDOWS_H:
             rates[w] = counter_increase(raw, win[w]) / w
             cols[f"{key}_rate_{w}h"] = rates[w]
         if key in ACCELERATING:

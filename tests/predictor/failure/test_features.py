@@ -7,10 +7,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from collector.series_view import TraceView
+from collector.batch import Batch
+from collector.series_view import RecentWindow, TraceView
 from collector.trace_io import read_ground_truth
 from predictor.failure.features import (
+    COUNTERS,
     FEATURE_NAMES,
+    LOOKBACK_S,
+    compute_features,
     counter_increase,
     ffill,
     lag_diff,
@@ -19,6 +23,7 @@ from predictor.failure.features import (
     rolling_std,
 )
 from predictor.failure.pipeline import load_trace
+from tests.conftest import sample_gpu
 
 NAN = np.nan
 
@@ -47,6 +52,23 @@ def test_node_relative_compares_with_peers_on_the_same_node() -> None:
     temps = np.array([[50.0], [52.0], [70.0], [40.0], [41.0]])
     rel = node_relative(temps, ["a", "a", "a", "b", "b"])
     np.testing.assert_allclose(rel[:, 0], [-2.0, 0.0, 18.0, -0.5, 0.5])
+
+
+def test_error_counters_are_read_over_three_days() -> None:
+    # 40 PCIe replays two days ago, none since: the 24 h rate has forgotten them, the 72 h rate has not.
+    hour = 3600 * 10**9
+    now = 100 * hour
+    window = RecentWindow(max_age_s=LOOKBACK_S + 3600.0)
+    gpu = sample_gpu("node-0", 0)
+    for h in range(now // hour - 96, now // hour + 1):
+        b = Batch("gpu", h * hour)
+        b.add(COUNTERS["pcie_replay"][0], gpu, 0.0 if h < now // hour - 48 else 40.0)
+        window.add(b)
+    frame = compute_features(window, now, now, 900.0)
+    x = dict(zip(FEATURE_NAMES, frame.X[0, -1].tolist(), strict=True))
+    assert LOOKBACK_S == 72 * 3600.0
+    assert x["pcie_replay_rate_24h"] == 0.0
+    assert x["pcie_replay_rate_72h"] == pytest.approx(40.0 / 72)
 
 
 @pytest.fixture(scope="module")
